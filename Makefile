@@ -8,6 +8,13 @@ PY := $(VENV)/bin/python
 export PATH := $(VENV)/bin:$(PATH)
 export ELASTIC_AIRFLOW_CACHE := $(CACHE)
 CLUSTER := tests/cluster/cluster.sh
+# The collection is imported as elastic_airflow.cluster through a link to this
+# checkout (one link per checkout path, so clones do not fight over it).
+COLLECTIONS := $(CACHE)/collections-$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-8)
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+INVENTORY ?= inventories/local
+# Every test area adds its target here; `make test` runs them in this order.
+TESTS := test-static test-unit
 
 .PHONY: help venv cluster-up cluster-down cluster-status
 
@@ -30,3 +37,23 @@ cluster-down: ## stop the local control plane and remove its state
 
 cluster-status: ## which control plane components are running
 	$(CLUSTER) status
+
+collection-link:
+	@mkdir -p $(COLLECTIONS)/ansible_collections/elastic_airflow
+	@ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/elastic_airflow/cluster
+
+.PHONY: demo test test-static test-unit collection-link
+
+demo: venv collection-link cluster-up ## bring up the local cluster and deploy site.yml on it
+	ansible-playbook -i $(INVENTORY) playbooks/site.yml
+
+test: venv collection-link ## run every test (what CI runs)
+	@set -e; for t in $(TESTS); do echo "=== make $$t"; $(MAKE) --no-print-directory $$t; done
+
+test-static: venv collection-link ## yamllint, ansible-lint (production profile), syntax checks
+	yamllint --strict .
+	ansible-lint --profile production
+	@for p in playbooks/*.yml; do ansible-playbook -i $(INVENTORY) --syntax-check $$p >/dev/null || exit 1; done; echo "syntax-check ok"
+
+test-unit: venv collection-link ## unit tests of the pure Python logic
+	pytest -q tests/unit
