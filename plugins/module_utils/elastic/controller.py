@@ -1,0 +1,634 @@
+# -*- coding: utf-8 -*-
+# Copyright: elastic_airflow developers
+# Apache License 2.0 (see LICENSE)
+"""The ElasticWorker controller: reconcile passes and the long-lived loop.
+
+``Reconciler`` turns the pure decisions of ``reconcile`` into API calls and
+Celery commands; the Ansible modules run one pass of it, the in-cluster
+controller runs it forever:
+
+    python -m elastic.controller --namespace airflow            # in the cluster
+    python -m elastic.controller --kubeconfig ~/.kube/config    # from a laptop
+
+(``elastic`` is the directory of these files; the elastic_worker role mounts
+them from a ConfigMap into the Airflow image, which has Python, the
+kubernetes client and Celery.)
+
+The loop keeps a local cache of pods, ElasticWorkers and
+ElasticWorkerAutoscalers (one LIST + one WATCH each, no per-pod GETs), acts
+only while it holds the Lease, and serves ``/healthz`` and ``/readyz``.
+Every pod it removes from a scale-in goes through the drain state machine of
+``drain`` (state on the pod's annotation, so another replica resumes it).
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import argparse
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+try:  # relative when imported as a package (Ansible, python -m elastic.controller)
+    from . import reconcile as R
+    from . import kube as K
+    from .drain import Drain, StateStore, WorkerGone, DRAINED, CANCELLING, DRAINING, RESTORING
+    from .celery_control import CeleryControl, CeleryControlError
+    from .k8s_store import ANNOTATION as DRAIN_ANNOTATION
+except ImportError:  # pragma: no cover
+    raise
+
+LOG = logging.getLogger("elastic_worker")
+
+ACTIVE_PHASES = (CANCELLING, DRAINING, RESTORING)
+
+
+# ------------------------------------------------------------------ drain state on cached pods
+
+
+class CachedPodStore(StateStore):
+    """The drain record on the pod annotation, read from the informer cache.
+
+    Writes go to the API server (merge patch of the one annotation) and the
+    returned pod is written through to the cache, so the next read sees it
+    without a GET.
+    """
+
+    def __init__(self, kube, pods_cache, namespace):
+        self.kube = kube
+        self.cache = pods_cache
+        self.namespace = namespace
+
+    def _pod(self, worker):
+        pod = self.cache.get(self.namespace, worker)
+        if pod is None or R.pod_terminating(pod):
+            return None
+        return pod
+
+    def get(self, worker):
+        pod = self._pod(worker)
+        if pod is None:
+            return None
+        raw = (pod["metadata"].get("annotations") or {}).get(DRAIN_ANNOTATION)
+        return json.loads(raw) if raw else None
+
+    def _patch(self, worker, value):
+        if self._pod(worker) is None:
+            raise WorkerGone(worker)
+        try:
+            obj = self.kube.patch_pod_annotations(self.namespace, worker, {DRAIN_ANNOTATION: value})
+        except K.ApiException as exc:
+            if getattr(exc, "status", None) == 404:
+                raise WorkerGone(worker)
+            raise
+        self.cache.update(obj)
+
+    def put(self, worker, record):
+        self._patch(worker, json.dumps(record, sort_keys=True, separators=(",", ":")))
+
+    def delete(self, worker):
+        try:
+            self._patch(worker, None)
+        except WorkerGone:
+            pass
+
+    def exists(self, worker):
+        return self._pod(worker) is not None
+
+
+class MemoryCache:
+    """A cache with the Informer's read interface over a fixed list (one-shot passes)."""
+
+    def __init__(self, objects):
+        self._items = dict((K.Informer.key(o), o) for o in objects)
+
+    def items(self):
+        return list(self._items.values())
+
+    def get(self, namespace, name):
+        return self._items.get("%s/%s" % (namespace or "", name))
+
+    def update(self, obj):
+        self._items[K.Informer.key(obj)] = obj
+
+
+def drain_phase(pod):
+    """reconcile's view of a pod's drain record (None, DRAIN_ACTIVE or DRAIN_DONE)."""
+    raw = (pod["metadata"].get("annotations") or {}).get(DRAIN_ANNOTATION)
+    if not raw:
+        return R.DRAIN_NONE
+    try:
+        phase = json.loads(raw).get("phase")
+    except ValueError:
+        return R.DRAIN_ACTIVE  # unreadable: never delete on a guess
+    return R.DRAIN_DONE if phase == DRAINED else R.DRAIN_ACTIVE
+
+
+# ------------------------------------------------------------------ the reconciler
+
+
+class Reconciler:
+    """Reconcile ElasticWorkers and ElasticWorkerAutoscalers from a cache.
+
+    ``caches``: {"pods": ..., "elasticworkers": ..., "elasticworkerautoscalers": ...}
+    each with ``items()``/``get(ns, name)``/``update(obj)``. ``dry_run``: decide,
+    change nothing (check mode).
+    """
+
+    def __init__(self, kube, caches, dry_run=False, celery_timeout=1.0, clock=time.time, rng=None):
+        self.kube = kube
+        self.caches = caches
+        self.dry_run = dry_run
+        self.celery_timeout = celery_timeout
+        self.clock = clock
+        self.rng = rng
+        self._controls = {}  # broker secret -> CeleryControl
+        self._drains = {}  # pod uid -> Drain (keeps its in-memory settle count)
+        self._concurrency = {}  # pod uid -> worker pool size
+        self._expect_create = {}  # ew uid -> {pod name: deadline}
+        self._next_poll = {}  # ewa uid -> monotonic time of the next measurement
+
+    # -------------------------------------------------------------- helpers
+
+    def _pods_of(self, ew):
+        pods = [p for p in self.caches["pods"].items()
+                if p["metadata"].get("namespace") == ew["metadata"]["namespace"]
+                and (p["metadata"].get("labels") or {}).get(R.OWNER_LABEL) == ew["metadata"]["name"]]
+        return R.owned_pods(ew, pods)
+
+    def control_for(self, namespace, secret_ref):
+        """A CeleryControl for the broker named by a secret ref, or None."""
+        if not secret_ref or not secret_ref.get("name"):
+            return None
+        key = (namespace, secret_ref["name"], secret_ref.get("key", "url"))
+        if key not in self._controls:
+            url = self.kube.read_secret_key(namespace, secret_ref["name"], secret_ref.get("key", "url"))
+            self._controls[key] = CeleryControl(url, timeout=self.celery_timeout)
+        return self._controls[key]
+
+    def close(self):
+        for ctl in self._controls.values():
+            try:
+                ctl.close()
+            except Exception:  # pragma: no cover
+                pass
+        self._controls.clear()
+
+    def worker_states(self, control, pods):
+        """{pod name: state} for the Running pods' workers; None when the broker is unreachable."""
+        if control is None:
+            return None
+        running = [p for p in pods if R.pod_phase(p) == "Running" and not R.pod_terminating(p)]
+        if not running:
+            return {}
+        hosts = dict((R.worker_name(p["metadata"]["name"]), p) for p in running)
+        try:
+            loads = control.workload(list(hosts))
+        except CeleryControlError as exc:
+            LOG.warning("cannot ask the Celery workers: %s", exc)
+            return None
+        states = {}
+        for host, load in loads.items():
+            pod = hosts[host]
+            counts = load.counts()
+            states[pod["metadata"]["name"]] = {
+                "alive": True, "active": counts["active"],
+                "reserved": counts["reserved"] + counts["scheduled"],
+                "concurrency": self._concurrency.get(pod["metadata"]["uid"]),
+            }
+        return states
+
+    def _fill_concurrency(self, control, pods, states):
+        missing = [p for p in pods if p["metadata"]["name"] in (states or {})
+                   and p["metadata"]["uid"] not in self._concurrency]
+        if not missing or control is None:
+            return
+        hosts = dict((R.worker_name(p["metadata"]["name"]), p) for p in missing)
+        try:
+            stats = control._inspect(list(hosts), "stats")  # pool size is only in stats
+        except CeleryControlError:
+            return
+        for host, value in (stats or {}).items():
+            if host in hosts:
+                size = ((value or {}).get("pool") or {}).get("max-concurrency")
+                if size:
+                    pod = hosts[host]
+                    self._concurrency[pod["metadata"]["uid"]] = int(size)
+                    states[pod["metadata"]["name"]]["concurrency"] = int(size)
+
+    def _drain_for(self, ew, pod, control, store):
+        uid = pod["metadata"]["uid"]
+        drain = self._drains.get(uid)
+        if drain is None:
+            spec = (ew["spec"].get("drain") or {})
+            drain = Drain(control, store, pod["metadata"]["name"],
+                          hostname=R.worker_name(pod["metadata"]["name"]),
+                          timeout=float(spec.get("timeoutSeconds", R.DEFAULT_DRAIN_TIMEOUT)),
+                          poll_interval=1.0, settle_polls=2, clock=self.clock)
+            self._drains[uid] = drain
+        return drain
+
+    def _expected(self, ew, pods):
+        """Pods we created that the cache has not shown yet (so they are not created twice)."""
+        uid = ew["metadata"]["uid"]
+        seen = set(p["metadata"]["name"] for p in pods)
+        now = time.monotonic()
+        pending = dict((n, d) for n, d in self._expect_create.get(uid, {}).items() if n not in seen and d > now)
+        self._expect_create[uid] = pending
+        return [{"metadata": {"name": n, "uid": "expected-" + n, "creationTimestamp": "9999",
+                              "ownerReferences": [{"uid": uid, "controller": True}]},
+                 "status": {"phase": "Pending"}} for n in pending]
+
+    # -------------------------------------------------------------- one ElasticWorker
+
+    def reconcile_elastic_worker(self, ew):
+        """One pass over one ElasticWorker; returns a report dict."""
+        ns, name = ew["metadata"]["namespace"], ew["metadata"]["name"]
+        spec = ew.get("spec") or {}
+        pods = self._pods_of(ew)
+        expected = self._expected(ew, pods)
+        control = None
+        report = {"name": name, "namespace": ns, "actions": [], "drains": {}}
+        try:
+            control = self.control_for(ns, (spec.get("drain") or {}).get("brokerSecretRef"))
+        except Exception as exc:  # secret missing, bad URL
+            report["actions"].append("broker unknown: %s" % exc)
+        states = self.worker_states(control, pods)
+        if states:
+            self._fill_concurrency(control, pods, states)
+        store = CachedPodStore(self.kube, self.caches["pods"], ns)
+
+        # advance the drains in progress (resumes drains begun by another replica)
+        drains = {}
+        for pod in pods:
+            phase = drain_phase(pod)
+            if phase is None or R.pod_terminating(pod):
+                continue
+            pname = pod["metadata"]["name"]
+            if phase == R.DRAIN_ACTIVE and control is not None and not self.dry_run:
+                status = self._drain_for(ew, pod, control, store).step()
+                report["drains"][pname] = status.phase
+                if status.phase == DRAINED:
+                    phase = R.DRAIN_DONE
+                elif status.done:  # restored (timeout), gone, failed
+                    self._drains.pop(pod["metadata"]["uid"], None)
+                    if status.phase != "failed":
+                        phase = None
+                    if status.reason == "timeout":
+                        self._event(ew, "DrainTimedOut", "drain of %s timed out; its consumers were restored" % pname,
+                                    "Warning")
+            else:
+                report["drains"][pname] = "drained" if phase == R.DRAIN_DONE else "draining"
+            if phase:
+                drains[pname] = phase
+
+        plan = R.plan_elastic_worker(ew, pods + expected, states, drains, rng=self.rng)
+        report["plan"] = plan.as_dict()
+        report["changed"] = plan.changed
+        if self.dry_run:
+            return report
+
+        for pname in plan.cancel_drain:
+            pod = self.caches["pods"].get(ns, pname)
+            if pod is None or control is None:
+                continue
+            try:
+                self._drain_for(ew, pod, control, store).abort("scale-out")
+                self._drains.pop(pod["metadata"]["uid"], None)
+                report["actions"].append("rolled back the drain of %s" % pname)
+            except CeleryControlError as exc:
+                report["actions"].append("rollback of %s failed (retried): %s" % (pname, exc))
+        for pname in plan.drain:
+            pod = self.caches["pods"].get(ns, pname)
+            if control is None or pod is None:
+                continue
+            status = self._drain_for(ew, pod, control, store).step()
+            report["drains"][pname] = status.phase
+            report["actions"].append("drain %s: %s" % (pname, status.phase))
+            if status.done and status.phase != DRAINED:
+                self._drains.pop(pod["metadata"]["uid"], None)
+        for pname, reason in plan.delete:
+            pod = self.caches["pods"].get(ns, pname)
+            if pod is None:
+                continue
+            if self.kube.delete_pod(ns, pname, uid=pod["metadata"]["uid"]):
+                report["actions"].append("deleted %s (%s)" % (pname, reason))
+                self._event(ew, "DeletedPod", "deleted %s: %s" % (pname, reason))
+            self._drains.pop(pod["metadata"]["uid"], None)
+        if plan.create:
+            expect = self._expect_create.setdefault(ew["metadata"]["uid"], {})
+            for pname in plan.create:
+                self.kube.create_pod(R.build_pod(ew, pname))
+                expect[pname] = time.monotonic() + 30
+                report["actions"].append("created %s" % pname)
+            self._event(ew, "CreatedPods", "created %s" % ", ".join(plan.create))
+
+        status = dict(plan.status)
+        old = ew.get("status") or {}
+        status["conditions"] = R.merge_conditions(old.get("conditions"), status["conditions"], K.now_rfc3339())
+        if R.status_differs(old, status):
+            try:
+                obj = json.loads(self.kube.patch_status(R.EW_PLURAL, ns, name, status).data)
+                self.caches["elasticworkers"].update(obj)
+            except K.ApiException as exc:
+                if exc.status != 404:
+                    raise
+        return report
+
+    def _event(self, obj, reason, message, type_="Normal"):
+        if not self.dry_run:
+            LOG.info("%s/%s %s: %s", obj["metadata"]["namespace"], obj["metadata"]["name"], reason, message)
+            self.kube.event(obj, reason, message, type_)
+
+    # -------------------------------------------------------------- one autoscaler
+
+    def measure(self, ewa, ew, pods):
+        """Load in percent of the ElasticWorker's workers (None: unknown)."""
+        ns = ewa["metadata"]["namespace"]
+        metric = ewa["spec"].get("metric") or {}
+        kind = metric.get("type", "celery")
+        if kind == "prometheus":
+            prom = metric["prometheus"]
+            url = prom["url"].rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": prom["query"]})
+            with urllib.request.urlopen(url, timeout=5) as response:
+                result = json.loads(response.read())["data"]["result"]
+            return float(result[0]["value"][1]) if result else 0.0
+        if kind == "customMetrics":
+            cm = metric.get("customMetrics") or {}
+            path = "/apis/custom.metrics.k8s.io/v1beta1/namespaces/%s/metrics/%s" % (
+                ns, cm.get("metricName", "total_cluster_load"))
+            from kubernetes.utils import parse_quantity
+            response = self.kube.api_client.call_api(path, "GET", _preload_content=False, auth_settings=["BearerToken"])
+            items = json.loads(response[0].data).get("items") or []
+            return float(parse_quantity(items[0]["value"])) if items else None
+        celery = metric.get("celery") or {}
+        ref = celery.get("brokerSecretRef") or (ew["spec"].get("drain") or {}).get("brokerSecretRef")
+        control = self.control_for(ns, ref)
+        if control is None:
+            return None
+        live = [p for p in pods if not R.pod_terminating(p)]
+        states = self.worker_states(control, live)
+        if states is None:
+            return None
+        self._fill_concurrency(control, live, states)
+        # a draining worker takes no new task: its slots do not count
+        for p in live:
+            if drain_phase(p) and p["metadata"]["name"] in states:
+                states[p["metadata"]["name"]]["concurrency"] = 0
+                states[p["metadata"]["name"]].setdefault("alive", True)
+        queues = celery.get("queues") or (ew["spec"].get("drain") or {}).get("queues") or ["default"]
+        queued = queue_length(control, queues)
+        if queued is None:
+            return None
+        load = R.celery_load(dict((n, s) for n, s in states.items()), queued)
+        if load is None or (load == 0 and queued and not any((s.get("concurrency") or 1) for s in states.values())):
+            return float("inf")
+        return load
+
+    def reconcile_autoscaler(self, ewa, force=False):
+        ns, name = ewa["metadata"]["namespace"], ewa["metadata"]["name"]
+        spec = ewa.get("spec") or {}
+        uid = ewa["metadata"]["uid"]
+        now_m = time.monotonic()
+        if not force and self._next_poll.get(uid, 0) > now_m:
+            return None
+        self._next_poll[uid] = now_m + int(spec.get("pollIntervalSeconds", R.DEFAULT_POLL_INTERVAL))
+        target = spec["scaleTargetRef"]["name"]
+        ew = self.caches["elasticworkers"].get(ns, target)
+        report = {"name": name, "namespace": ns, "target": target}
+        if ew is None:
+            report["error"] = "ElasticWorker %s not found" % target
+            return report
+        pods = self._pods_of(ew)
+        try:
+            load = self.measure(ewa, ew, pods)
+        except Exception as exc:
+            LOG.warning("%s/%s: cannot measure the load: %s", ns, name, exc)
+            load = None
+        current = R.desired_replicas(ew)
+        desired, fields, reason = R.autoscale(spec, ewa.get("status") or {}, current, load, self.clock(),
+                                              target_bounds=R.bounds(ew["spec"]))
+        report.update(load=load, current=current, desired=desired, reason=reason)
+        if self.dry_run:
+            return report
+        status = dict(fields)
+        status["lastDecision"] = reason
+        status["observedGeneration"] = ewa["metadata"].get("generation", 0)
+        if desired != (ew["spec"].get("replicas")):
+            obj = json.loads(self.kube.scale(ns, target, desired).data)
+            self._event(ewa, "Scaled", "%s: %s" % (target, reason))
+            status["lastScaleTime"] = K.now_rfc3339()
+            # the scale response is the Scale object; reflect spec.replicas in the cache
+            ew = json.loads(json.dumps(ew))
+            ew["spec"]["replicas"] = obj["spec"]["replicas"]
+            self.caches["elasticworkers"].update(ew)
+        ok = load is not None
+        status["conditions"] = R.merge_conditions(
+            (ewa.get("status") or {}).get("conditions"),
+            [{"type": "ScalingActive", "status": "True" if ok else "False",
+              "reason": "ValidMetric" if ok else "MetricUnavailable", "message": reason}],
+            K.now_rfc3339())
+        try:
+            obj = json.loads(self.kube.patch_status(R.EWA_PLURAL, ns, name, status).data)
+            self.caches["elasticworkerautoscalers"].update(obj)
+        except K.ApiException as exc:
+            if exc.status != 404:
+                raise
+        return report
+
+    # -------------------------------------------------------------- everything
+
+    def reconcile_all(self, force_autoscalers=False):
+        reports = []
+        for ewa in self.caches["elasticworkerautoscalers"].items():
+            try:
+                r = self.reconcile_autoscaler(ewa, force=force_autoscalers)
+                if r:
+                    reports.append(r)
+            except Exception:
+                LOG.exception("autoscaler %s failed", ewa["metadata"]["name"])
+        for ew in self.caches["elasticworkers"].items():
+            if ew["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                reports.append(self.reconcile_elastic_worker(ew))
+            except Exception:
+                LOG.exception("ElasticWorker %s failed", ew["metadata"]["name"])
+        return reports
+
+
+def queue_length(control, queues):
+    """Messages waiting in the broker queues (None: the broker cannot be asked)."""
+    total = 0
+    try:
+        conn = control._connection()
+        channel = conn.default_channel
+        for queue in queues:
+            try:
+                total += channel.queue_declare(queue=queue, passive=True).message_count
+            except Exception as exc:  # no such queue yet: nothing waits
+                if conn.connection_errors and isinstance(exc, tuple(conn.connection_errors)):
+                    raise
+                channel = conn.default_channel
+    except Exception as exc:
+        LOG.warning("cannot read the queue length: %s", exc)
+        try:
+            control.close()
+        except Exception:
+            pass
+        return None
+    return total
+
+
+# ------------------------------------------------------------------ the long-lived loop
+
+
+class Health(threading.Thread):
+    """GET /healthz (the loop is alive) and /readyz (caches synced) on a tiny HTTP server."""
+
+    def __init__(self, port, controller):
+        threading.Thread.__init__(self, name="health", daemon=True)
+        self.controller = controller
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("0.0.0.0", port))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+
+    def run(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                conn.settimeout(2)
+                request = conn.recv(1024).decode("latin-1")
+                path = request.split(" ")[1] if " " in request else "/"
+                ok, body = self.controller.health(path)
+                payload = json.dumps(body).encode()
+                conn.sendall(("HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                              "Connection: close\r\n\r\n" % ("200 OK" if ok else "503 Service Unavailable",
+                                                             len(payload))).encode() + payload)
+            except Exception:
+                pass
+            finally:
+                conn.close()
+
+
+class Controller:
+    def __init__(self, kube, namespace, lease_namespace, lease_name, identity, lease_duration=15,
+                 resync_seconds=2.0, celery_timeout=1.0):
+        self.kube = kube
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.informers = kube.informers(self._changed)
+        self.reconciler = Reconciler(kube, self.informers, celery_timeout=celery_timeout)
+        self.elector = K.LeaderElector(kube, lease_namespace, lease_name, identity, duration=lease_duration)
+        self.resync = float(resync_seconds)
+        self.heartbeat = time.monotonic()
+        self.passes = 0
+
+    def _changed(self, kind, event, obj):
+        # Status writes of our own do not need a new pass; anything else does.
+        self.wake.set()
+
+    def health(self, path):
+        age = time.monotonic() - self.heartbeat
+        synced = all(i.synced.is_set() for i in self.informers.values())
+        body = {"leader": self.elector.is_leader, "identity": self.elector.identity, "synced": synced,
+                "loop_age_seconds": round(age, 1), "passes": self.passes}
+        if path.startswith("/readyz"):
+            return synced, body
+        return age < max(60.0, 10 * self.resync), body
+
+    def _elect(self):
+        while not self.stopping.is_set():
+            was = self.elector.is_leader
+            try:
+                self.elector.try_acquire_or_renew()
+            except Exception as exc:
+                LOG.warning("lease: %s", exc)
+            if self.elector.is_leader != was:
+                LOG.info("%s leadership: %s", self.elector.identity, "acquired" if self.elector.is_leader else "lost")
+                self.wake.set()
+            self.stopping.wait(self.elector.renew_seconds)
+
+    def run(self):
+        for informer in self.informers.values():
+            informer.start()
+        threading.Thread(target=self._elect, name="lease", daemon=True).start()
+        for informer in self.informers.values():
+            informer.synced.wait()
+        LOG.info("caches synced; %s is waiting for the lease", self.elector.identity)
+        wait = self.resync
+        while not self.stopping.is_set():
+            self.wake.wait(wait)
+            self.wake.clear()
+            self.heartbeat = time.monotonic()
+            wait = self.resync
+            if not self.elector.is_leader:
+                continue
+            reports = self.reconciler.reconcile_all()
+            self.passes += 1
+            if any(r.get("drains") for r in reports):
+                wait = min(wait, 0.5)  # a drain in progress: look again soon
+        self.elector.release()
+        for informer in self.informers.values():
+            informer.stop()
+        self.reconciler.close()
+
+    def stop(self, *_):
+        self.stopping.set()
+        self.wake.set()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m elastic.controller",
+                                     description="ElasticWorker controller of elastic_airflow.cluster")
+    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None)
+    parser.add_argument("--context", default=None)
+    parser.add_argument("--namespace", default=os.environ.get("WATCH_NAMESPACE") or None,
+                        help="namespace to watch (default: the pod's own; '' for all)")
+    parser.add_argument("--lease-namespace", default=None)
+    parser.add_argument("--lease-name", default=os.environ.get("LEASE_NAME", "elastic-worker-controller"))
+    parser.add_argument("--identity", default=os.environ.get("POD_NAME") or "%s-%d" % (socket.gethostname(), os.getpid()))
+    parser.add_argument("--lease-duration", type=int, default=int(os.environ.get("LEASE_DURATION", "15")))
+    parser.add_argument("--resync-seconds", type=float, default=2.0)
+    parser.add_argument("--celery-timeout", type=float, default=1.0)
+    parser.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", "8080")))
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    namespace = args.namespace
+    if namespace is None:
+        try:
+            with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as fh:
+                namespace = fh.read().strip()
+        except OSError:
+            parser.error("--namespace is required outside the cluster")
+    lease_ns = args.lease_namespace or namespace or "default"
+    kube = K.Kube(K.load_client(args.kubeconfig, args.context), namespace or None)
+    controller = Controller(kube, namespace, lease_ns, args.lease_name, args.identity,
+                            lease_duration=args.lease_duration, resync_seconds=args.resync_seconds,
+                            celery_timeout=args.celery_timeout)
+    health = Health(args.health_port, controller)
+    health.start()
+    signal.signal(signal.SIGTERM, controller.stop)
+    signal.signal(signal.SIGINT, controller.stop)
+    LOG.info("elastic worker controller %s: namespace %s, lease %s/%s, health :%d",
+             args.identity, namespace or "<all>", lease_ns, args.lease_name, health.port)
+    controller.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
