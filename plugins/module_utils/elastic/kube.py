@@ -292,8 +292,7 @@ class Kube:
 
     def patch_status(self, plural, namespace, name, status):
         return self.custom.patch_namespaced_custom_object_status(
-            R.GROUP, R.VERSION, namespace, plural, name, {"status": status}, _preload_content=False,
-            _content_type="application/merge-patch+json")
+            R.GROUP, R.VERSION, namespace, plural, name, {"status": status}, _preload_content=False)
 
     def scale(self, namespace, name, replicas):
         return self.custom.patch_namespaced_custom_object_scale(
