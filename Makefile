@@ -57,3 +57,31 @@ test-static: venv collection-link ## yamllint, ansible-lint (production profile)
 
 test-unit: venv collection-link ## unit tests of the pure Python logic
 	pytest -q tests/unit
+
+# --- The local control plane's own tests (tests/cluster, issue 2) -----------
+TESTS += test-cluster test-cluster-lifecycle molecule-local
+.PHONY: test-cluster test-cluster-lifecycle molecule-local
+
+# Runs against the shared cluster: starts it if it is not up, and then stops
+# it again, so the cluster is left as it was found.
+test-cluster: venv ## control plane tests (Deployment, StatefulSet+PVC, Job, CRD, HPA, namespace deletion, RBAC)
+	@started=; if ! $(CLUSTER) status >/dev/null 2>&1; then $(CLUSTER) up >/dev/null || exit 1; started=1; fi; \
+	rc=0; pytest -v -p no:cacheprovider tests/cluster/test_cluster.py || rc=$$?; \
+	if [ -n "$$started" ]; then $(CLUSTER) down; fi; exit $$rc
+
+# A private cluster (own state dir and ports): up, status, up again, down, then
+# checks that no process of it runs and no port of it listens.
+test-cluster-lifecycle: venv ## cluster.sh up/status/down leave nothing behind (private cluster)
+	pytest -v -s -p no:cacheprovider tests/cluster/test_lifecycle.py
+
+molecule-local: venv collection-link ## molecule test -s local (the embedded control plane)
+	molecule test -s local
+
+.PHONY: test-playbooks bench-converge
+TESTS += test-playbooks
+
+test-playbooks: venv collection-link cluster-up ## site.yml on the local cluster: converge, idempotence, check mode, bad input, no secrets
+	pytest -q -p no:cacheprovider tests/integration/playbooks
+
+bench-converge: venv collection-link cluster-up ## time site.yml against kubectl apply --server-side + kubectl wait of the same manifests
+	python benchmarks/bench_converge.py

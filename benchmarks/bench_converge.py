@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Benchmark: site.yml against the floor of doing the same thing by hand.
+
+Prints, in one run on the local control plane:
+  - the first converge of site.yml on an empty namespace,
+  - a no-op re-run,
+  - the floor: `kubectl apply --server-side` of the very manifests site.yml
+    rendered, plus `kubectl wait` for the same conditions, layer by layer in
+    the same order (so migrations still complete before Airflow starts),
+and the ratios against the targets (first <= 1.5 x floor, no-op <= 0.5 x first).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+INVENTORY = REPO / "inventories" / "local"
+CACHE = pathlib.Path(os.environ.get("ELASTIC_AIRFLOW_CACHE", pathlib.Path.home() / ".cache" / "elastic-airflow"))
+KUBECONFIG = CACHE / "run" / "cluster" / "kubeconfig"
+NAMESPACE = "airflow"
+TIMEOUT = "600s"
+
+
+def kubectl_bin() -> str:
+    out = subprocess.run([str(REPO / "tests" / "cluster" / "build.sh")], capture_output=True, text=True, check=True).stdout
+    return str(pathlib.Path(out.strip()) / "kubectl")
+
+
+KUBECTL = kubectl_bin()
+
+
+def kubectl(*args: str) -> None:
+    subprocess.run([KUBECTL, "--kubeconfig", str(KUBECONFIG), *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def playbook(name: str, *args: str) -> float:
+    start = time.monotonic()
+    proc = subprocess.run(["ansible-playbook", "-i", str(INVENTORY), str(REPO / "playbooks" / name), *args],
+                          cwd=REPO, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"{name} failed:\n{proc.stdout[-4000:]}{proc.stderr[-2000:]}")
+    return time.monotonic() - start
+
+
+def teardown() -> None:
+    playbook("teardown.yml", "-e", "elastic_airflow_teardown_namespace=true")
+
+
+def wait_for(doc: dict) -> list[list[str]]:
+    """The kubectl wait (or rollout status) matching what the roles wait for."""
+    kind, name = doc["kind"], doc["metadata"]["name"]
+    ns = ["-n", doc["metadata"].get("namespace", NAMESPACE)]
+    if kind == "Job":
+        return [["wait", "--for=condition=Complete", f"job/{name}", f"--timeout={TIMEOUT}", *ns]]
+    if kind == "CustomResourceDefinition":
+        return [["wait", "--for=condition=Established", f"crd/{name}", f"--timeout={TIMEOUT}"]]
+    if kind in ("Deployment", "StatefulSet", "DaemonSet"):
+        return [["rollout", "status", f"{kind.lower()}/{name}", f"--timeout={TIMEOUT}", *ns]]
+    return []
+
+
+def floor(manifests: pathlib.Path) -> float:
+    files = sorted(manifests.iterdir())
+    start = time.monotonic()
+    for path in files:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        if not docs:
+            continue
+        kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=bench-floor", "-f", str(path))
+        for doc in docs:
+            for args in wait_for(doc):
+                kubectl(*args)
+    return time.monotonic() - start
+
+
+def main() -> None:
+    teardown()
+    first = playbook("site.yml")
+    noop = playbook("site.yml")
+    with tempfile.TemporaryDirectory() as tmp:
+        playbook("site.yml", "-e", json.dumps({"elastic_airflow_render_dir": tmp}))
+        teardown()
+        floor_s = floor(pathlib.Path(tmp))
+        count = len(list(pathlib.Path(tmp).iterdir()))
+    teardown()
+    playbook("site.yml")  # leave the cluster converged by the collection itself
+    print(f"manifest files applied:         {count}")
+    print(f"first converge (site.yml):      {first:7.1f} s")
+    print(f"no-op re-run (site.yml):        {noop:7.1f} s")
+    print(f"floor (kubectl apply + wait):   {floor_s:7.1f} s")
+    print(f"first / floor:                  {first / floor_s:7.2f}  (target <= 1.5)")
+    print(f"no-op / first:                  {noop / first:7.2f}  (target <= 0.5)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Run the collection's playbooks against the local control plane.
+
+`make test-playbooks` brings the cluster up and links the collection into
+ANSIBLE_COLLECTIONS_PATH first; these fixtures only drive ansible-playbook and
+read the cluster back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import subprocess
+import tempfile
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+INVENTORY = REPO / "inventories" / "local"
+NAMESPACE = "airflow"
+CLUSTER_NAME = "airflow"
+RECAP = re.compile(r"^\S+\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+@dataclasses.dataclass
+class Run:
+    rc: int
+    output: str
+    seconds: float
+
+    @property
+    def changed(self) -> int:
+        """Sum of changed= over the hosts of the PLAY RECAP."""
+        return sum(int(m.group(2)) for m in RECAP.finditer(self.output))
+
+
+def cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("ELASTIC_AIRFLOW_CACHE", pathlib.Path.home() / ".cache" / "elastic-airflow"))
+
+
+def kubeconfig() -> pathlib.Path:
+    return cache_dir() / "run" / "cluster" / "kubeconfig"
+
+
+def run_playbook(playbook: str, *args: str, extra_vars: dict | None = None, timeout: int = 1200) -> Run:
+    """ansible-playbook against inventories/local; output is returned, not printed."""
+    import time
+
+    cmd = ["ansible-playbook", "-i", str(INVENTORY), str(REPO / "playbooks" / playbook), *args]
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(extra_vars or {}, fh)
+    cmd += ["-e", "@" + fh.name]
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1", ANSIBLE_HOST_KEY_CHECKING="0")
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    os.unlink(fh.name)
+    return Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start)
+
+
+def kubectl(*args: str) -> str:
+    kubectl_bin = pathlib.Path(
+        subprocess.run([str(REPO / "tests" / "cluster" / "build.sh")], capture_output=True, text=True, check=True).stdout.strip()
+    ) / "kubectl"
+    proc = subprocess.run([str(kubectl_bin), "--kubeconfig", str(kubeconfig()), *args], capture_output=True, text=True)
+    if proc.returncode:
+        raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
+    return proc.stdout
+
+
+# Objects that change on their own (heartbeats, leader leases, events) are no
+# evidence of what a playbook did.
+VOLATILE = {"events", "events.events.k8s.io", "leases.coordination.k8s.io"}
+
+
+def cluster_snapshot() -> dict[str, str]:
+    """(kind/namespace/name) -> resourceVersion of every object a run could touch."""
+    snapshot: dict[str, str] = {}
+    namespaced = [r for r in kubectl("api-resources", "--verbs=list", "--namespaced=true", "-o", "name").split() if r not in VOLATILE]
+    cluster_scoped = [
+        r for r in kubectl("api-resources", "--verbs=list", "--namespaced=false", "-o", "name").split()
+        if r not in VOLATILE and r not in {"nodes", "componentstatuses"} and not r.startswith(("tokenreviews", "selfsubject"))
+    ]
+    for scope, resources in (("-A", namespaced), ("", cluster_scoped)):
+        items = json.loads(kubectl("get", ",".join(resources), *([scope] if scope else []), "-o", "json"))["items"]
+        for item in items:
+            meta = item["metadata"]
+            snapshot[f"{item['kind']}/{meta.get('namespace', '')}/{meta['name']}"] = meta["resourceVersion"]
+    return snapshot
+
+
+@pytest.fixture(scope="session")
+def converged() -> Run:
+    """site.yml applied once (with -vvv, so the secrets test can read everything it printed)."""
+    run = run_playbook("site.yml", "-vvv")
+    assert run.rc == 0, run.output[-6000:]
+    return run
