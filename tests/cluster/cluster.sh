@@ -1,0 +1,469 @@
+#!/usr/bin/env bash
+# The local Kubernetes control plane for tests and the demo: real etcd,
+# kube-apiserver, kube-controller-manager and kube-scheduler as local
+# processes, plus KWOK, which plays the kubelet for three fake nodes so that
+# pods are scheduled and become Running/Ready (their containers never run).
+#
+#   tests/cluster/cluster.sh up       start everything (a no-op when already up)
+#   tests/cluster/cluster.sh down     stop exactly what `up` started, remove the state
+#   tests/cluster/cluster.sh status   which components run (exit 1 unless all do)
+#   tests/cluster/cluster.sh recycle-pvs   make Released pool volumes Available again
+#
+# Environment:
+#   ELASTIC_AIRFLOW_CACHE              default ~/.cache/elastic-airflow
+#   ELASTIC_AIRFLOW_CLUSTER_STATE      default $ELASTIC_AIRFLOW_CACHE/run/cluster;
+#                                      the admin kubeconfig is $STATE/kubeconfig
+#   ELASTIC_AIRFLOW_CLUSTER_PORT_BASE  default 16443: apiserver = base, etcd client
+#                                      +1, etcd peer +2, controller-manager +3,
+#                                      scheduler +4 (all on 127.0.0.1)
+#   ELASTIC_AIRFLOW_CLUSTER_NODES      number of fake nodes, default 3
+#   ELASTIC_AIRFLOW_CLUSTER_PVS        size of the PersistentVolume pool, default 20
+#
+# Everything listens on 127.0.0.1 only. Each component logs to $STATE/logs/
+# and its pid is kept in $STATE/pids/; `down` signals only those pids, after
+# checking that each still runs one of our binaries.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+. "$here/versions.env"
+
+export ELASTIC_AIRFLOW_CACHE=${ELASTIC_AIRFLOW_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/elastic-airflow}
+STATE=${ELASTIC_AIRFLOW_CLUSTER_STATE:-$ELASTIC_AIRFLOW_CACHE/run/cluster}
+PORT_BASE=${ELASTIC_AIRFLOW_CLUSTER_PORT_BASE:-16443}
+NODES=${ELASTIC_AIRFLOW_CLUSTER_NODES:-3}
+PVS=${ELASTIC_AIRFLOW_CLUSTER_PVS:-20}
+API_PORT=$PORT_BASE
+ETCD_PORT=$((PORT_BASE + 1))
+ETCD_PEER_PORT=$((PORT_BASE + 2))
+KCM_PORT=$((PORT_BASE + 3))
+SCHED_PORT=$((PORT_BASE + 4))
+SERVICE_CIDR=10.96.0.0/16
+SERVICE_IP=10.96.0.1
+POD_CIDR=10.244.0.1/16
+ISSUER=https://kubernetes.default.svc.cluster.local
+# Stop order; start order is the reverse. pv-recycler is cluster.sh itself in
+# a loop (see recycle_loop), the others are the binaries of the same name.
+COMPONENTS=(pv-recycler kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
+
+log() { printf '[cluster] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+pid_of() { cat "$STATE/pids/$1.pid" 2>/dev/null || true; }
+
+# True when the recorded pid of component $1 is alive AND runs a binary named
+# $1 (so a recycled pid that now belongs to something else is never ours).
+alive() {
+  local pid exe
+  pid=$(pid_of "$1")
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  if [ "$1" = pv-recycler ]; then
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "_recycle-loop $STATE"
+    return
+  fi
+  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+  [ "$(basename "${exe% (deleted)}")" = "$1" ]
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+kubectl() { "$BIN/kubectl" --kubeconfig "$STATE/kubeconfig" "$@"; }
+
+# ---------------------------------------------------------------- PKI (openssl)
+# ECDSA P-256 keys: generated in milliseconds, accepted by every component.
+newkey() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; chmod 600 "$1"; }
+
+newca() { # name CN
+  newkey "$PKI/$1.key"
+  openssl req -x509 -new -key "$PKI/$1.key" -subj "/CN=$2" -days 3650 -out "$PKI/$1.crt" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+}
+
+# newcert name ca subject usage [subjectAltName]
+newcert() {
+  local name=$1 ca=$2 subj=$3 usage=$4 san=${5:-}
+  newkey "$PKI/$name.key"
+  {
+    echo "basicConstraints=critical,CA:FALSE"
+    echo "keyUsage=critical,digitalSignature"  # ECDSA: signing only
+    echo "extendedKeyUsage=$usage"
+    [ -z "$san" ] || echo "subjectAltName=$san"
+  } >"$PKI/$name.ext"
+  openssl req -new -key "$PKI/$name.key" -subj "$subj" 2>/dev/null |
+    openssl x509 -req -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" -CAcreateserial -days 365 \
+      -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
+  rm -f "$PKI/$name.ext"
+}
+
+make_pki() {
+  PKI=$STATE/pki
+  mkdir -p "$PKI"
+  newca ca elastic-airflow-local-ca            # cluster CA: apiserver, clients, CSR signing
+  newca etcd-ca elastic-airflow-local-etcd-ca  # etcd's own CA
+  newca front-proxy-ca elastic-airflow-local-front-proxy-ca  # aggregation layer
+  local loop="IP:127.0.0.1,DNS:localhost"
+  newcert apiserver ca /CN=kube-apiserver serverAuth \
+    "$loop,IP:$SERVICE_IP,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  newcert admin ca "/O=system:masters/CN=kubernetes-admin" clientAuth
+  newcert controller-manager ca /CN=system:kube-controller-manager clientAuth
+  newcert scheduler ca /CN=system:kube-scheduler clientAuth
+  # KWOK plays the kubelet of many nodes at once, so the Node authorizer (one
+  # identity per node) cannot serve it: it gets its own ClusterRole (bootstrap()).
+  newcert kwok ca /CN=system:kwok-controller clientAuth
+  newcert etcd-server etcd-ca /CN=etcd serverAuth,clientAuth "$loop"
+  newcert apiserver-etcd-client etcd-ca /CN=kube-apiserver-etcd-client clientAuth
+  newcert front-proxy-client front-proxy-ca /CN=front-proxy-client clientAuth
+  # The service-account token signing pair.
+  newkey "$PKI/sa.key"
+  openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+}
+
+b64() { base64 -w0 <"$1"; }
+
+kubeconfig() { # out cert-name user
+  umask 077
+  cat >"$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: elastic-airflow-local
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority-data: $(b64 "$PKI/ca.crt")
+users:
+- name: $3
+  user:
+    client-certificate-data: $(b64 "$PKI/$2.crt")
+    client-key-data: $(b64 "$PKI/$2.key")
+contexts:
+- name: elastic-airflow-local
+  context:
+    cluster: elastic-airflow-local
+    user: $3
+current-context: elastic-airflow-local
+EOF
+  umask 022
+}
+
+# ------------------------------------------------------------------ processes
+start() { # name args...
+  local name=$1; shift
+  log "starting $name"
+  # setsid: the component outlives the shell (and its terminal) that ran `up`.
+  setsid "$BIN/$name" "$@" </dev/null >"$STATE/logs/$name.log" 2>&1 &
+  echo $! >"$STATE/pids/$name.pid"
+}
+
+wait_for() { # description timeout-seconds command...
+  local what=$1 timeout=$2; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then die "timed out after ${timeout}s waiting for $what (logs: $STATE/logs)"; fi
+    for c in "${STARTED[@]}"; do
+      alive "$c" || die "$c exited while waiting for $what; last lines of $STATE/logs/$c.log:
+$(tail -n 20 "$STATE/logs/$c.log")"
+    done
+    sleep 0.2
+  done
+}
+
+# Objects the cluster needs before the test workloads arrive.
+bootstrap_manifest() {
+  cat <<'EOF'
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: system:kwok-controller
+rules:
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [nodes/status, pods/status]
+  verbs: [get, patch, update]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, patch, update, delete]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch, update]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, list, watch, create, update, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: system:kwok-controller
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:kwok-controller
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: system:kwok-controller
+---
+# Storage without a provisioner, honestly: nothing here can create volumes on
+# demand (no CSI driver, no kubelet to mount anything), so the default class
+# uses the "no-provisioner" marker and WaitForFirstConsumer, and up() creates
+# a fixed pool of `local` PersistentVolumes pinned to the fake nodes. The real
+# scheduler (VolumeBinding plugin) picks a node that has a free matching PV and
+# the real PV controller binds the claim. Named `standard` like kind's default
+# class so manifests written for kind work unchanged. The pool is finite
+# (ELASTIC_AIRFLOW_CLUSTER_PVS x 10Gi, Retain): the pv-recycler loop makes
+# Released pool volumes Available again every few seconds, which is what the
+# cleaner of a static provisioner does (there is no data to wipe here).
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: standard
+  annotations:
+    storageclass.kubernetes.io/is-default-class: "true"
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Retain
+EOF
+  local i node
+  for ((i = 0; i < NODES; i++)); do
+    node=kwok-node-$i
+    cat <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: $node
+  annotations:
+    kwok.x-k8s.io/node: fake
+  labels:
+    type: kwok
+    kubernetes.io/hostname: $node
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    node-role.kubernetes.io/worker: ""
+spec: {}
+status:
+  # A documentation-range address (RFC 5737): a fake node is never dialled,
+  # and a loopback address would be rejected in Endpoints of hostNetwork pods.
+  addresses:
+  - {type: InternalIP, address: 192.0.2.$((10 + i))}
+  - {type: Hostname, address: $node}
+  capacity: {cpu: "4", memory: 16Gi, pods: "110", ephemeral-storage: 100Gi}
+  allocatable: {cpu: "4", memory: 16Gi, pods: "110", ephemeral-storage: 100Gi}
+  nodeInfo:
+    architecture: amd64
+    operatingSystem: linux
+    kubeletVersion: $KUBERNETES_VERSION
+EOF
+  done
+  for ((i = 0; i < PVS; i++)); do
+    node=kwok-node-$((i % NODES))
+    cat <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: local-pv-$(printf %02d "$i")
+  labels: {elastic-airflow.io/pool: local}
+spec:
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: standard
+  volumeMode: Filesystem
+  local: {path: /var/lib/elastic-airflow-kwok/pv-$(printf %02d "$i")}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - {key: kubernetes.io/hostname, operator: In, values: [$node]}
+EOF
+  done
+}
+
+kwok_config() { # the stages, explicitly, read from the kwok module in GOMODCACHE
+  local stages
+  stages=$(readlink -f "$BIN/../kwok-stages") || die "no kwok stages at $BIN/../kwok-stages (run build.sh)"
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+           pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    [ -f "$stages/$f" ] || die "kwok stage file missing: $stages/$f"
+    printf -- '--config=%s\n' "$stages/$f"
+  done
+}
+
+all_nodes_ready() {
+  local n
+  n=$(kubectl get nodes -l type=kwok \
+    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c '^True$') || true
+  [ "$n" -ge "$NODES" ]
+}
+
+cmd_up() {
+  local t0=$SECONDS c
+  if [ -d "$STATE/pids" ]; then
+    local up=0
+    for c in "${COMPONENTS[@]}"; do alive "$c" && up=$((up + 1)); done
+    if [ $up -eq ${#COMPONENTS[@]} ]; then
+      log "already up (state $STATE); nothing to do"
+      echo "export KUBECONFIG=$STATE/kubeconfig"
+      return 0
+    fi
+    [ $up -eq 0 ] || die "partly running ($up of ${#COMPONENTS[@]} components); run '$0 down' first"
+    log "stale state from a previous run in $STATE: removing it"
+    rm -rf "$STATE"
+  fi
+  BIN=$("$here/build.sh")
+  for p in $API_PORT $ETCD_PORT $ETCD_PEER_PORT $KCM_PORT $SCHED_PORT; do
+    port_free "$p" || die "port 127.0.0.1:$p is in use (set ELASTIC_AIRFLOW_CLUSTER_PORT_BASE)"
+  done
+  rm -rf "$STATE"
+  mkdir -p -m 700 "$STATE" "$STATE/etcd"
+  mkdir -p "$STATE/logs" "$STATE/pids"
+  echo "$BIN" >"$STATE/bin"
+  make_pki
+  kubeconfig "$STATE/kubeconfig" admin kubernetes-admin
+  kubeconfig "$STATE/controller-manager.kubeconfig" controller-manager system:kube-controller-manager
+  kubeconfig "$STATE/scheduler.kubeconfig" scheduler system:kube-scheduler
+  kubeconfig "$STATE/kwok.kubeconfig" kwok system:kwok-controller
+  STARTED=()
+  UP_DONE=0
+  trap 'if [ "$UP_DONE" = 0 ]; then log "up failed; stopping what it started (logs were in $STATE/logs, kept in $STATE.failed)"; keep_logs; cmd_down >/dev/null 2>&1 || true; fi' EXIT
+
+  start etcd --name=local --data-dir="$STATE/etcd" \
+    --listen-client-urls="https://127.0.0.1:$ETCD_PORT" --advertise-client-urls="https://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster="local=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --cert-file="$PKI/etcd-server.crt" --key-file="$PKI/etcd-server.key" \
+    --trusted-ca-file="$PKI/etcd-ca.crt" --client-cert-auth \
+    --unsafe-no-fsync --log-level=warn
+  STARTED+=(etcd)
+
+  # --endpoint-reconciler-type=none: the default (lease) reconciler publishes
+  # the advertise address as the endpoint of the `kubernetes` Service and
+  # fails every 10 s ("subsets[0].addresses[0].ip: Invalid value: 127.0.0.1:
+  # may not be in the loopback range"). Only in-cluster clients of a real pod
+  # network would use those endpoints, and KWOK pods run nothing.
+  start kube-apiserver --bind-address=127.0.0.1 --secure-port="$API_PORT" --advertise-address=127.0.0.1 \
+    --endpoint-reconciler-type=none \
+    --etcd-servers="https://127.0.0.1:$ETCD_PORT" --etcd-cafile="$PKI/etcd-ca.crt" \
+    --etcd-certfile="$PKI/apiserver-etcd-client.crt" --etcd-keyfile="$PKI/apiserver-etcd-client.key" \
+    --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+    --client-ca-file="$PKI/ca.crt" --authorization-mode=Node,RBAC --allow-privileged=true \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --service-account-issuer="$ISSUER" --service-account-key-file="$PKI/sa.pub" \
+    --service-account-signing-key-file="$PKI/sa.key" \
+    --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$PKI/front-proxy-client.crt" --proxy-client-key-file="$PKI/front-proxy-client.key" \
+    --cert-dir="$PKI/apiserver-generated" --profiling=false --v=1
+  STARTED+=(kube-apiserver)
+  wait_for "kube-apiserver /readyz" 60 kubectl get --raw /readyz
+
+  kubectl apply --server-side --force-conflicts -f - >/dev/null < <(bootstrap_manifest)
+
+  start kube-controller-manager --bind-address=127.0.0.1 --secure-port="$KCM_PORT" \
+    --kubeconfig="$STATE/controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$STATE/controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$STATE/controller-manager.kubeconfig" \
+    --cert-dir="$PKI/controller-manager-generated" \
+    --use-service-account-credentials=true --leader-elect=false \
+    --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
+    --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
+    --service-cluster-ip-range="$SERVICE_CIDR" --controllers='*' --profiling=false --v=1
+  STARTED+=(kube-controller-manager)
+
+  start kube-scheduler --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" \
+    --kubeconfig="$STATE/scheduler.kubeconfig" \
+    --authentication-kubeconfig="$STATE/scheduler.kubeconfig" \
+    --authorization-kubeconfig="$STATE/scheduler.kubeconfig" \
+    --leader-elect=false --profiling=false --v=1
+  STARTED+=(kube-scheduler)
+
+  # No --server-address / --node-port: kwok serves nothing (no logs/exec), so
+  # it opens no port at all. Leases make node heartbeats cheap and prompt.
+  mapfile -t kwok_configs < <(kwok_config)
+  start kwok --kubeconfig="$STATE/kwok.kubeconfig" "${kwok_configs[@]}" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --node-lease-duration-seconds=40 --cidr="$POD_CIDR"
+  STARTED+=(kwok)
+
+  # Background loop, not a binary: returns Released pool PVs to the pool.
+  log "starting pv-recycler"
+  setsid bash "$here/cluster.sh" _recycle-loop "$STATE" </dev/null >"$STATE/logs/pv-recycler.log" 2>&1 &
+  echo $! >"$STATE/pids/pv-recycler.pid"
+  STARTED+=(pv-recycler)
+
+  wait_for "$NODES Ready nodes" 60 all_nodes_ready
+  wait_for "ServiceAccount default/default" 60 kubectl -n default get serviceaccount default
+  UP_DONE=1
+  log "up in $((SECONDS - t0)) s; admin kubeconfig: $STATE/kubeconfig"
+  echo "export KUBECONFIG=$STATE/kubeconfig"
+}
+
+keep_logs() { rm -rf "$STATE.failed"; cp -r "$STATE/logs" "$STATE.failed" 2>/dev/null || true; }
+
+cmd_down() {
+  local c pid i
+  [ -d "$STATE" ] || { log "not running (no state in $STATE)"; return 0; }
+  for c in "${COMPONENTS[@]}"; do
+    alive "$c" || continue
+    pid=$(pid_of "$c")
+    log "stopping $c (pid $pid)"
+    if [ "$c" = pv-recycler ]; then
+      # Its own process group (setsid): the loop and any kubectl it is running.
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    else
+      kill -TERM "$pid" 2>/dev/null || true
+    fi
+    for ((i = 0; i < 100; i++)); do alive "$c" || break; sleep 0.1; done
+    if alive "$c"; then log "$c did not stop in 10 s: KILL"; kill -KILL "$pid" 2>/dev/null || true; fi
+    for ((i = 0; i < 50; i++)); do alive "$c" || break; sleep 0.1; done
+    ! alive "$c" || die "could not stop $c (pid $pid)"
+  done
+  rm -rf "$STATE"
+  log "down; removed $STATE"
+}
+
+cmd_status() {
+  local c bad=0
+  if [ ! -d "$STATE/pids" ]; then echo "not running (no state in $STATE)"; return 1; fi
+  for c in "${COMPONENTS[@]}"; do
+    if alive "$c"; then printf '%-24s up (pid %s)\n' "$c" "$(pid_of "$c")"
+    else printf '%-24s DOWN\n' "$c"; bad=1; fi
+  done
+  BIN=$(cat "$STATE/bin")
+  if [ $bad -eq 0 ] && kubectl get --raw /readyz >/dev/null 2>&1; then
+    printf '%-24s ok (https://127.0.0.1:%s)\n' "readyz" "$API_PORT"
+    echo "export KUBECONFIG=$STATE/kubeconfig"
+  else
+    printf '%-24s not ok\n' "readyz"; bad=1
+  fi
+  return $bad
+}
+
+cmd_recycle_pvs() {
+  local pv
+  BIN=$(cat "$STATE/bin" 2>/dev/null) || die "not running"
+  for pv in $(kubectl get pv -l elastic-airflow.io/pool=local \
+      -o jsonpath='{range .items[?(@.status.phase=="Released")]}{.metadata.name}{"\n"}{end}'); do
+    kubectl patch pv "$pv" --type=json -p '[{"op":"remove","path":"/spec/claimRef"}]' >/dev/null
+    log "recycled $pv"
+  done
+}
+
+recycle_loop() {
+  BIN=$(cat "$STATE/bin")
+  while [ -d "$STATE" ]; do
+    cmd_recycle_pvs || true
+    sleep 5
+  done
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  recycle-pvs) cmd_recycle_pvs ;;
+  _recycle-loop) STATE=$2; recycle_loop ;;
+  *) echo "usage: $0 up|down|status|recycle-pvs" >&2; exit 2 ;;
+esac
