@@ -286,9 +286,14 @@ class Kube:
     def patch_pod_annotations(self, namespace, name, annotations):
         """Merge-patch annotations; a value of None removes the annotation."""
         body = {"metadata": {"annotations": annotations}}
-        response = self.core.patch_namespaced_pod(name, namespace, body, _preload_content=False,
-                                                  _content_type="application/merge-patch+json")
-        return json.loads(response.data)
+        return json.loads(self.merge_patch("/api/v1/namespaces/%s/pods/%s" % (namespace, name), body).data)
+
+    def merge_patch(self, path, body):
+        """A JSON merge patch (the generated client would send a JSON patch for a dict body)."""
+        response = self.api_client.call_api(
+            path, "PATCH", body=body, auth_settings=["BearerToken"], _preload_content=False,
+            header_params={"Content-Type": "application/merge-patch+json", "Accept": "application/json"})
+        return response[0] if isinstance(response, tuple) else response
 
     def patch_status(self, plural, namespace, name, status):
         return self.custom.patch_namespaced_custom_object_status(
@@ -297,7 +302,7 @@ class Kube:
     def scale(self, namespace, name, replicas):
         return self.custom.patch_namespaced_custom_object_scale(
             R.GROUP, R.VERSION, namespace, R.EW_PLURAL, name, {"spec": {"replicas": int(replicas)}},
-            _preload_content=False, _content_type="application/merge-patch+json")
+            _preload_content=False)
 
     def read_secret_key(self, namespace, name, key):
         secret = json.loads(self.core.read_namespaced_secret(name, namespace, _preload_content=False).data)
