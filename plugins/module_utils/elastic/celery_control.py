@@ -1,0 +1,332 @@
+"""A small Celery remote-control client over the broker (Redis or RabbitMQ).
+
+Pure Python (celery/kombu only, no Ansible). Used by the
+``celery_worker_drain`` module and by the elastic controller.
+
+Every command is a broadcast addressed to explicit worker hostnames
+(``destination=[hostname]``) with a short reply timeout; a command that
+expects replies returns as soon as every addressed worker answered (``limit``),
+so talking to a healthy worker costs milliseconds, and an absent worker costs
+exactly ``timeout`` seconds.
+
+    ctl = CeleryControl("redis://broker:6379/0", timeout=1.0)
+    ctl.ping(["celery@worker-0"])            -> {"celery@worker-0": True}
+    ctl.workload(["celery@worker-0"])        -> {"celery@worker-0": WorkerLoad(...)}
+    ctl.queues("celery@worker-0")            -> [QueueRef("default", ...)]
+    ctl.cancel_consumer("celery@worker-0", ["default"])
+    ctl.add_consumer("celery@worker-0", [QueueRef("default", ...)])
+    ctl.close()
+
+A worker that does not answer is *absent from* the result of ``ping``-like
+queries (``ping`` maps it to False); it is never reported as idle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+__all__ = [
+    "BrokerUnreachable",
+    "CeleryControl",
+    "CeleryControlError",
+    "CommandFailed",
+    "NoReply",
+    "QueueRef",
+    "WorkerLoad",
+]
+
+
+class CeleryControlError(Exception):
+    """Base class of every error raised by this module."""
+
+
+class BrokerUnreachable(CeleryControlError):
+    """The broker could not be reached (connection refused, DNS, auth, timeout)."""
+
+
+class NoReply(CeleryControlError):
+    """An addressed worker did not answer a command within the timeout."""
+
+    def __init__(self, hostname: str, command: str, timeout: float):
+        super().__init__(
+            "celery worker %r did not answer %r within %.1fs (is the hostname right, "
+            "and is the worker running and connected to this broker?)" % (hostname, command, timeout)
+        )
+        self.hostname = hostname
+        self.command = command
+
+
+class CommandFailed(CeleryControlError):
+    """A worker answered a command with an error."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerLoad:
+    """What one worker holds: task ids it is running, has prefetched, and holds for an ETA."""
+
+    active: Tuple[str, ...] = ()
+    reserved: Tuple[str, ...] = ()
+    scheduled: Tuple[str, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return len(self.active) + len(self.reserved) + len(self.scheduled)
+
+    @property
+    def idle(self) -> bool:
+        return self.total == 0
+
+    @property
+    def task_ids(self) -> Tuple[str, ...]:
+        return tuple(sorted(set(self.active) | set(self.reserved) | set(self.scheduled)))
+
+    def counts(self) -> Dict[str, int]:
+        return {"active": len(self.active), "reserved": len(self.reserved), "scheduled": len(self.scheduled)}
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueRef:
+    """A queue a worker consumes from, with what ``add_consumer`` needs to restore it."""
+
+    name: str
+    exchange: Optional[str] = None
+    exchange_type: Optional[str] = None
+    routing_key: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Optional[str]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_any(cls, value: Union["QueueRef", str, dict]) -> "QueueRef":
+        if isinstance(value, QueueRef):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        return cls(
+            name=value["name"],
+            exchange=value.get("exchange"),
+            exchange_type=value.get("exchange_type"),
+            routing_key=value.get("routing_key"),
+        )
+
+
+QueueLike = Union[QueueRef, str, dict]
+
+
+def _task_id(entry) -> Optional[str]:
+    """Task id of an inspect entry (active/reserved: request dict; scheduled: {'request': ...})."""
+    if not isinstance(entry, dict):
+        return None
+    if "request" in entry and isinstance(entry["request"], dict):
+        entry = entry["request"]
+    return entry.get("id")
+
+
+class CeleryControl:
+    """Remote control of Celery workers through their broker.
+
+    ``broker_url``: the workers' broker (``redis://``, ``rediss://``, ``amqp://``,
+    ``amqps://``, ...). ``timeout``: seconds to wait for replies of one command.
+    ``connect_timeout``: seconds to establish the broker connection (default:
+    ``timeout``). ``app``: an existing Celery app to use instead (its broker and
+    ``control_exchange`` are used; ``broker_url`` may then be None).
+    """
+
+    def __init__(
+        self,
+        broker_url: Optional[str],
+        timeout: float = 1.0,
+        connect_timeout: Optional[float] = None,
+        app=None,
+        transport_options: Optional[dict] = None,
+    ):
+        if timeout is None or float(timeout) <= 0:
+            raise ValueError("timeout must be > 0 seconds, got %r" % (timeout,))
+        self.timeout = float(timeout)
+        self.connect_timeout = float(connect_timeout) if connect_timeout else self.timeout
+        if app is None:
+            if not broker_url:
+                raise ValueError("broker_url is required (e.g. redis://host:6379/0 or amqp://user:pw@host:5672//)")
+            from celery import Celery
+
+            app = Celery("elastic-airflow-control", broker=broker_url, set_as_current=False)
+            app.conf.update(
+                broker_connection_timeout=self.connect_timeout,
+                broker_connection_retry=False,
+                broker_connection_retry_on_startup=False,
+                broker_connection_max_retries=0,
+                broker_transport_options=dict(transport_options or {}),
+                # nothing of ours is a task; keep the client side minimal
+                worker_hijack_root_logger=False,
+            )
+        self.app = app
+        self._conn = None
+
+    # -- connection -----------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect to the broker now (raises BrokerUnreachable); commands connect lazily otherwise."""
+        self._connection()
+
+    def _connection(self):
+        if self._conn is None:
+            conn = self.app.connection_for_write()
+            try:
+                conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=self.connect_timeout)
+            except Exception as exc:  # kombu raises OperationalError, socket errors, auth errors ...
+                try:
+                    conn.release()
+                except Exception:  # pragma: no cover - best effort
+                    pass
+                raise BrokerUnreachable("cannot reach the Celery broker %s: %s" % (self.safe_broker_url, exc)) from exc
+            self._conn = conn
+        return self._conn
+
+    @property
+    def safe_broker_url(self) -> str:
+        """The broker URL with its password masked (for messages)."""
+        try:
+            return self.app.connection_for_write().as_uri(include_password=False)
+        except Exception:  # pragma: no cover
+            return "<broker>"
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.release()
+            finally:
+                self._conn = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, fn, *args, **kwargs):
+        """Run a control call; map connection failures to BrokerUnreachable (and reconnect next time)."""
+        conn = self._connection()
+        try:
+            return fn(*args, connection=conn, **kwargs)
+        except CeleryControlError:
+            raise
+        except (OSError, socket.error) as exc:
+            self.close()
+            raise BrokerUnreachable("lost the Celery broker %s: %s" % (self.safe_broker_url, exc)) from exc
+        except Exception as exc:
+            if conn.connection_errors and isinstance(exc, tuple(conn.connection_errors)):
+                self.close()
+                raise BrokerUnreachable("lost the Celery broker %s: %s" % (self.safe_broker_url, exc)) from exc
+            raise
+
+    @staticmethod
+    def _hosts(hostnames: Union[str, Iterable[str]]) -> List[str]:
+        if isinstance(hostnames, str):
+            hostnames = [hostnames]
+        hosts = [h for h in dict.fromkeys(hostnames) if h]
+        if not hosts:
+            raise ValueError("at least one worker hostname is required")
+        return hosts
+
+    def _inspect(self, hosts: Sequence[str], method: str) -> Dict[str, object]:
+        conn = self._connection()
+        insp = self.app.control.inspect(destination=list(hosts), timeout=self.timeout, limit=len(hosts), connection=conn)
+        return self._call(lambda connection: getattr(insp, method)()) or {}
+
+    # -- queries --------------------------------------------------------------
+
+    def ping(self, hostnames: Union[str, Iterable[str]]) -> Dict[str, bool]:
+        """{hostname: answered} for each hostname."""
+        hosts = self._hosts(hostnames)
+        replies = self._call(self.app.control.ping, destination=hosts, timeout=self.timeout, limit=len(hosts)) or []
+        seen = set()
+        for reply in replies:
+            seen.update(reply.keys())
+        return {h: h in seen for h in hosts}
+
+    def workload(self, hostnames: Union[str, Iterable[str]]) -> Dict[str, WorkerLoad]:
+        """{hostname: WorkerLoad} for the workers that answered all three inspections.
+
+        A worker missing from the result did not answer: its load is unknown.
+        """
+        hosts = self._hosts(hostnames)
+        parts = {}
+        for method in ("active", "reserved", "scheduled"):
+            parts[method] = self._inspect(hosts, method)
+        out = {}
+        for h in hosts:
+            if all(h in parts[m] for m in parts):
+                ids = {m: tuple(i for i in (_task_id(e) for e in (parts[m][h] or [])) if i) for m in parts}
+                out[h] = WorkerLoad(ids["active"], ids["reserved"], ids["scheduled"])
+        return out
+
+    def queues(self, hostname: str) -> List[QueueRef]:
+        """The queues the worker currently consumes from (raises NoReply if it does not answer)."""
+        reply = self._inspect([hostname], "active_queues")
+        if hostname not in reply:
+            raise NoReply(hostname, "active_queues", self.timeout)
+        out = []
+        for q in reply[hostname] or []:
+            exchange = q.get("exchange") or {}
+            out.append(
+                QueueRef(
+                    name=q["name"],
+                    exchange=exchange.get("name") if isinstance(exchange, dict) else exchange,
+                    exchange_type=exchange.get("type") if isinstance(exchange, dict) else None,
+                    routing_key=q.get("routing_key"),
+                )
+            )
+        return out
+
+    # -- commands -------------------------------------------------------------
+
+    def _one_reply(self, hostname: str, command: str, replies) -> dict:
+        for reply in replies or []:
+            if hostname in reply:
+                answer = reply[hostname]
+                if isinstance(answer, dict) and "error" in answer:
+                    raise CommandFailed("%s on %s failed: %s" % (command, hostname, answer["error"]))
+                return answer
+        raise NoReply(hostname, command, self.timeout)
+
+    def cancel_consumer(self, hostname: str, queues: Iterable[QueueLike]) -> None:
+        """Make the worker stop consuming from each queue (idempotent)."""
+        for q in queues:
+            name = QueueRef.from_any(q).name
+            replies = self._call(
+                self.app.control.cancel_consumer,
+                name,
+                destination=[hostname],
+                reply=True,
+                timeout=self.timeout,
+                limit=1,
+            )
+            self._one_reply(hostname, "cancel_consumer(%s)" % name, replies)
+
+    def add_consumer(self, hostname: str, queues: Iterable[QueueLike]) -> None:
+        """Make the worker consume from each queue again (idempotent: 'already consuming' is fine)."""
+        for q in queues:
+            ref = QueueRef.from_any(q)
+            kwargs = {}
+            if ref.exchange:
+                kwargs["exchange"] = ref.exchange
+            if ref.exchange_type:
+                kwargs["exchange_type"] = ref.exchange_type
+            if ref.routing_key:
+                kwargs["routing_key"] = ref.routing_key
+            replies = self._call(
+                self.app.control.add_consumer,
+                ref.name,
+                destination=[hostname],
+                reply=True,
+                timeout=self.timeout,
+                limit=1,
+                **kwargs,
+            )
+            self._one_reply(hostname, "add_consumer(%s)" % ref.name, replies)
+
+    def shutdown(self, hostname: str) -> None:
+        """Ask the worker for a warm shutdown (it finishes running tasks). No reply is sent by Celery."""
+        self._call(self.app.control.shutdown, destination=[hostname])

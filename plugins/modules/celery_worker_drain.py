@@ -1,0 +1,529 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: elastic_airflow.cluster contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: celery_worker_drain
+short_description: Drain Celery workers safely, then optionally delete their pods
+version_added: "0.1.0"
+author:
+  - elastic_airflow.cluster contributors
+description:
+  - Drains Celery workers (for example Airflow CeleryExecutor workers) so that they can be removed without
+    losing a task. For each worker it cancels the worker's queue consumers (the worker stops taking new
+    tasks), waits until the worker holds no active, reserved (prefetched) or scheduled (ETA) task, and
+    reports it C(drained). Only then, if O(delete_pod=true), it deletes the worker's pod.
+  - If a worker is not idle within O(timeout) seconds, it is NOT deleted and its consumers are restored, so
+    it takes tasks again; the module then fails and reports that worker as C(restored) with reason C(timeout).
+  - The state of a drain in progress is recorded before anything is changed, on the pod as the annotation
+    C(elastic-airflow.io/drain) (workers given as pods), or in O(state_file) (workers given as Celery
+    hostnames). If a run is interrupted (killed, lost connection), the next run with the same workers
+    resumes the drain (keeping its original deadline) or, if that deadline has passed, rolls it back and
+    restores the consumers. O(state=restored) rolls back drains explicitly.
+  - All workers are drained concurrently.
+  - Where to run it. The module talks to the workers through the broker only, so it needs a broker URL
+    that is reachable from where the module runs. Inside the cluster (a Job or the controller pod), use the
+    broker Service, for example C(redis://:PASSWORD@airflow-broker:6379/0). From an operator's machine,
+    forward the broker first, for example C(kubectl -n airflow port-forward svc/airflow-broker 6379:6379)
+    and use C(redis://:PASSWORD@127.0.0.1:6379/0) (RabbitMQ likewise with port 5672 and C(amqp://)). The
+    Kubernetes API is reached through O(kubeconfig) / O(context), or the in-cluster service account.
+  - Check mode reports what would be drained (the workers, their queues and current load) and changes
+    nothing.
+options:
+  broker_url:
+    description:
+      - URL of the Celery broker the workers use, C(redis://), C(rediss://), C(amqp://) or C(amqps://).
+      - Can also be given as the environment variable E(ELASTIC_AIRFLOW_BROKER_URL).
+    type: str
+    required: true
+  workers:
+    description:
+      - Names of worker pods in O(namespace) to drain.
+      - A pod that does not exist (already gone) is reported with state C(gone) and is not an error.
+    type: list
+    elements: str
+    default: []
+  label_selectors:
+    description:
+      - Drain every pod in O(namespace) matching all these label selectors,
+        for example V(app.kubernetes.io/component=worker).
+    type: list
+    elements: str
+    default: []
+  celery_hostnames:
+    description:
+      - Celery hostnames of workers to drain directly, without Kubernetes (for example V(celery@worker-0)).
+      - A hostname that does not answer is an error (unknown worker); nothing is changed for it.
+      - O(delete_pod) does not apply to them.
+    type: list
+    elements: str
+    default: []
+  namespace:
+    description:
+      - Namespace of the worker pods. Required with O(workers) or O(label_selectors).
+    type: str
+  hostname_template:
+    description:
+      - How a pod name maps to its Celery hostname; C({pod}) is replaced by the pod name.
+      - Airflow's C(airflow celery worker) uses C(celery@<hostname>) and a pod's hostname is its name.
+    type: str
+    default: "celery@{pod}"
+  state:
+    description:
+      - V(drained) drains the workers (resuming drains in progress).
+      - V(restored) rolls back drains in progress or drained workers that were not deleted, restoring the
+        recorded consumers and removing the record. Workers without a record are left alone.
+    type: str
+    choices: [drained, restored]
+    default: drained
+  delete_pod:
+    description:
+      - Delete the pod of each drained worker (with its uid as precondition, so a replacement pod of the
+        same name is never deleted).
+      - Leave it V(false) for StatefulSet workers (a deleted StatefulSet pod is recreated); lower the
+        StatefulSet's replicas instead, see the C(elastic_airflow.cluster.drain) playbook.
+    type: bool
+    default: false
+  timeout:
+    description:
+      - Seconds a worker may take to become idle, counted from the start of its drain. When exceeded, the
+        worker is kept and its consumers are restored. Must be > 0.
+    type: float
+    default: 600
+  poll_interval:
+    description:
+      - Seconds between two polls of the workers' load. Must be > 0.
+    type: float
+    default: 2
+  control_timeout:
+    description:
+      - Seconds to wait for a worker's reply to one control command (and to connect to the broker).
+        Must be > 0.
+    type: float
+    default: 2
+  state_file:
+    description:
+      - JSON file recording drains of O(celery_hostnames) in progress, so that an interrupted run can be
+        resumed or rolled back by the next one. Without it such drains are only kept in memory.
+      - When given, it is also used for pods instead of the pod annotation.
+    type: path
+  kubeconfig:
+    description:
+      - Path to a kubeconfig. Default, the in-cluster service account when running in a pod, else
+        E(KUBECONFIG) or C(~/.kube/config).
+    type: path
+  context:
+    description:
+      - The kubeconfig context to use.
+    type: str
+requirements:
+  - python >= 3.8
+  - celery >= 5.3 (with the redis extra for Redis brokers)
+  - kubernetes >= 24.2.0 (only for O(workers) and O(label_selectors))
+notes:
+  - A drain waits for reserved (prefetched) tasks too; with Airflow's defaults
+    (C(worker_prefetch_multiplier=1), C(task_acks_late=true)) a worker holds at most its concurrency.
+  - A worker holding ETA/countdown tasks (scheduled) is only idle once they ran; such a drain may time out.
+  - Another autoscaler acting on the same workers at the same time (HPA/KEDA) can still remove a busy pod;
+    use the collection's elastic mode or pause the autoscaler.
+  - Supports check mode.
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Drain two worker pods and delete them (Deployment or bare pods)
+  elastic_airflow.cluster.celery_worker_drain:
+    broker_url: "{{ broker_url }}"
+    namespace: airflow
+    workers:
+      - airflow-worker-7c9f-abcde
+      - airflow-worker-7c9f-fghij
+    delete_pod: true
+    timeout: 900
+
+- name: Drain the two highest StatefulSet ordinals, then scale the StatefulSet down by two
+  elastic_airflow.cluster.celery_worker_drain:
+    broker_url: "{{ broker_url }}"
+    namespace: airflow
+    workers: [airflow-worker-4, airflow-worker-3]
+  register: drain
+
+- name: From a laptop, through `kubectl -n airflow port-forward svc/airflow-broker 6379:6379`
+  elastic_airflow.cluster.celery_worker_drain:
+    broker_url: "redis://:{{ broker_password }}@127.0.0.1:6379/0"
+    namespace: airflow
+    label_selectors:
+      - app.kubernetes.io/component=worker
+      - app.kubernetes.io/instance=airflow
+  check_mode: true
+
+- name: Drain a Celery worker that is not on Kubernetes, resumable through a state file
+  elastic_airflow.cluster.celery_worker_drain:
+    broker_url: amqp://airflow:secret@rabbitmq:5672//
+    celery_hostnames: [celery@vm-worker-1]
+    state_file: /var/lib/elastic-airflow/drain.json
+    timeout: 300
+
+- name: Roll back drains that were interrupted or not followed by a delete
+  elastic_airflow.cluster.celery_worker_drain:
+    broker_url: "{{ broker_url }}"
+    namespace: airflow
+    workers: [airflow-worker-4]
+    state: restored
+"""
+
+RETURN = r"""
+workers:
+  description: One entry per worker, in the order given (pods first, then Celery hostnames).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    worker:
+      description: The pod name, or the Celery hostname for O(celery_hostnames).
+      type: str
+      sample: airflow-worker-4
+    pod:
+      description: The pod name, null for O(celery_hostnames).
+      type: str
+      sample: airflow-worker-4
+    hostname:
+      description: The Celery hostname.
+      type: str
+      sample: celery@airflow-worker-4
+    state:
+      description:
+        - C(drained) idle and not consuming (pod kept), C(deleted) drained and its pod deleted,
+          C(restored) not drained (see RV(workers[].reason)) and consuming again,
+          C(gone) the worker no longer exists (nothing done), C(failed) see RV(workers[].msg),
+          C(would_drain) / C(would_restore) / C(idle) in check mode.
+      type: str
+      sample: drained
+    reason:
+      description: Why a worker was C(restored) (C(timeout), C(aborted), C(nothing to roll back)) or C(gone).
+      type: str
+      sample: timeout
+    msg:
+      description: The error of a C(failed) worker.
+      type: str
+    queues:
+      description: The queues whose consumers were cancelled (and restored on rollback).
+      type: list
+      elements: str
+      sample: [default]
+    tasks_finished:
+      description: How many tasks the worker held during the drain; all of them finished before it was reported drained.
+      type: int
+      sample: 2
+    task_ids:
+      description: The Celery task ids counted in RV(workers[].tasks_finished).
+      type: list
+      elements: str
+    seconds:
+      description: Seconds from the start of the drain to its end.
+      type: float
+      sample: 12.5
+    resumed:
+      description: Whether this run resumed a drain recorded by an earlier, interrupted run.
+      type: bool
+      sample: false
+    load:
+      description: Last observed task counts (check mode, or while draining).
+      type: dict
+      sample: {"active": 1, "reserved": 0, "scheduled": 0}
+drained:
+  description: Names of the workers that are drained (or deleted) now.
+  returned: always
+  type: list
+  elements: str
+  sample: [airflow-worker-4, airflow-worker-3]
+"""
+
+import os
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.celery_control import (
+        CeleryControl,
+        CeleryControlError,
+    )
+    from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.drain import (
+        Drain,
+        FileStore,
+        MemoryStore,
+        run_all,
+    )
+    from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.k8s_store import (
+        PodAnnotationStore,
+    )
+
+    IMPORT_ERROR = None
+except ImportError:  # pragma: no cover
+    IMPORT_ERROR = traceback.format_exc()
+
+
+def _kube_api(module):
+    try:
+        from kubernetes import client, config
+    except ImportError:
+        module.fail_json(msg=missing_required_lib("kubernetes"), exception=traceback.format_exc())
+    kubeconfig = module.params["kubeconfig"]
+    context = module.params["context"]
+    try:
+        if not kubeconfig and not context and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()
+        else:
+            config.load_kube_config(config_file=kubeconfig, context=context)
+    except Exception as exc:
+        module.fail_json(msg="cannot load the Kubernetes configuration (kubeconfig=%s, context=%s): %s"
+                         % (kubeconfig, context, exc))
+    return client.CoreV1Api()
+
+
+def _resolve_pods(module, api):
+    """[(pod name, uid or None if gone)] from workers + label_selectors, in order, without duplicates."""
+    ns = module.params["namespace"]
+    out = {}
+    for name in module.params["workers"]:
+        try:
+            pod = api.read_namespaced_pod(name, ns)
+            gone = bool(pod.metadata.deletion_timestamp)
+            out.setdefault(name, None if gone else pod.metadata.uid)
+        except Exception as exc:
+            if getattr(exc, "status", None) == 404:
+                out.setdefault(name, None)
+            else:
+                module.fail_json(msg="cannot read pod %s/%s: %s" % (ns, name, exc))
+    for selector in module.params["label_selectors"]:
+        try:
+            pods = api.list_namespaced_pod(ns, label_selector=selector).items
+        except Exception as exc:
+            module.fail_json(msg="cannot list pods in %s with label_selectors %r: %s" % (ns, selector, exc))
+        for pod in sorted(pods, key=lambda p: p.metadata.name):
+            if not pod.metadata.deletion_timestamp:
+                out.setdefault(pod.metadata.name, pod.metadata.uid)
+    return list(out.items())
+
+
+def _validate(module):
+    p = module.params
+    for name in ("timeout", "poll_interval", "control_timeout"):
+        if p[name] is None or p[name] <= 0:
+            module.fail_json(msg="%s must be a number of seconds > 0, got %r" % (name, p[name]))
+    if not (p["workers"] or p["label_selectors"] or p["celery_hostnames"]):
+        module.fail_json(msg="nothing to drain: give workers (pod names), label_selectors or celery_hostnames")
+    if (p["workers"] or p["label_selectors"]) and not p["namespace"]:
+        module.fail_json(msg="namespace is required with workers or label_selectors")
+    if "{pod}" not in p["hostname_template"]:
+        module.fail_json(msg="hostname_template must contain {pod}, got %r" % p["hostname_template"])
+    for name in ("workers", "label_selectors", "celery_hostnames"):
+        if any(not (v or "").strip() for v in p[name]):
+            module.fail_json(msg="%s must not contain empty names" % name)
+
+
+def _entry(status, pod, state=None):
+    d = status.to_dict()
+    return {
+        "worker": status.worker,
+        "pod": pod,
+        "hostname": status.hostname,
+        "state": state or status.phase,
+        "reason": d["reason"],
+        "msg": d["error"],
+        "queues": d["queues"],
+        "tasks_finished": d["tasks_finished"],
+        "task_ids": d["tasks"],
+        "seconds": d["seconds"],
+        "resumed": d["resumed"],
+        "load": d["load"],
+    }
+
+
+def _check_mode(module, control, store, targets):
+    results = []
+    changed = False
+    for worker, hostname, pod, exists in targets:
+        entry = {"worker": worker, "pod": pod, "hostname": hostname, "reason": None, "msg": None, "queues": [],
+                 "tasks_finished": 0, "task_ids": [], "seconds": None, "resumed": False, "load": None}
+        record = store.get(worker) if exists else None
+        if not exists:
+            entry["state"] = "gone"
+            results.append(entry)
+            continue
+        if module.params["state"] == "restored":
+            entry["state"] = "would_restore" if record else "idle"
+            entry["queues"] = [q["name"] for q in (record or {}).get("queues", [])]
+            changed = changed or bool(record)
+            results.append(entry)
+            continue
+        try:
+            if not control.ping([hostname]).get(hostname):
+                entry["state"] = "failed"
+                entry["msg"] = "unknown worker: celery hostname %r did not answer ping" % hostname
+                results.append(entry)
+                continue
+            load = control.workload([hostname]).get(hostname)
+            entry["load"] = load.counts() if load else None
+            entry["queues"] = [q.name for q in control.queues(hostname)]
+        except CeleryControlError as exc:
+            entry["state"] = "failed"
+            entry["msg"] = str(exc)
+            results.append(entry)
+            continue
+        if record and record.get("phase") == "drained":
+            entry["state"] = "drained"
+            entry["queues"] = [q["name"] for q in record.get("queues", [])]
+            changed = changed or module.params["delete_pod"]
+        else:
+            entry["state"] = "would_drain"
+            entry["resumed"] = bool(record)
+            changed = True
+        results.append(entry)
+    return changed, results
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            broker_url=dict(type="str", no_log=True, fallback=(lambda: os.environ["ELASTIC_AIRFLOW_BROKER_URL"], [])),
+            workers=dict(type="list", elements="str", default=[]),
+            label_selectors=dict(type="list", elements="str", default=[]),
+            celery_hostnames=dict(type="list", elements="str", default=[]),
+            namespace=dict(type="str"),
+            hostname_template=dict(type="str", default="celery@{pod}"),
+            state=dict(type="str", choices=["drained", "restored"], default="drained"),
+            delete_pod=dict(type="bool", default=False),
+            timeout=dict(type="float", default=600),
+            poll_interval=dict(type="float", default=2),
+            control_timeout=dict(type="float", default=2),
+            state_file=dict(type="path"),
+            kubeconfig=dict(type="path"),
+            context=dict(type="str"),
+        ),
+        supports_check_mode=True,
+    )
+    if IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("celery"), exception=IMPORT_ERROR)
+    if not module.params["broker_url"]:
+        module.fail_json(msg="broker_url is required (or the environment variable ELASTIC_AIRFLOW_BROKER_URL)")
+    _validate(module)
+    p = module.params
+
+    api = None
+    pods = []
+    if p["workers"] or p["label_selectors"]:
+        api = _kube_api(module)
+        pods = _resolve_pods(module, api)
+    if p["state_file"]:
+        store = FileStore(p["state_file"])
+    elif api is not None:
+        store = PodAnnotationStore(api, p["namespace"])
+    else:
+        store = MemoryStore()
+
+    # (store key, celery hostname, pod or None, exists)
+    targets = []
+    for name, uid in pods:
+        targets.append((name, p["hostname_template"].replace("{pod}", name), name, uid is not None))
+    for hostname in p["celery_hostnames"]:
+        if hostname not in [t[0] for t in targets]:
+            targets.append((hostname, hostname, None, True))
+
+    try:
+        control = CeleryControl(p["broker_url"], timeout=p["control_timeout"])
+        if any(t[3] for t in targets):
+            control.connect()  # fail early, before anything changes
+    except (CeleryControlError, ValueError) as exc:
+        module.fail_json(msg="broker_url: %s" % exc, workers=[], drained=[])
+
+    try:
+        if module.check_mode:
+            changed, results = _check_mode(module, control, store, targets)
+            module.exit_json(changed=changed, workers=results,
+                             drained=[r["worker"] for r in results if r["state"] == "drained"])
+
+        drains = {}
+        results = {}
+        for worker, hostname, pod, exists in targets:
+            if not exists:
+                # gone: drop a stale record of a file store, nothing else to do
+                if p["state_file"]:
+                    store.delete(worker)
+                results[worker] = {"worker": worker, "pod": pod, "hostname": hostname, "state": "gone",
+                                   "reason": "pod does not exist", "msg": None, "queues": [], "tasks_finished": 0,
+                                   "task_ids": [], "seconds": None, "resumed": False, "load": None}
+                continue
+            drains[worker] = Drain(control, store, worker, hostname=hostname, timeout=p["timeout"],
+                                   poll_interval=p["poll_interval"])
+        changed = False
+        if p["state"] == "restored":
+            for worker, d in drains.items():
+                try:
+                    st = d.abort("aborted")
+                except CeleryControlError as exc:
+                    st = d.status
+                    st.phase, st.error = "failed", "could not restore consumers: %s (record kept)" % exc
+                changed = changed or st.reason != "nothing to roll back"
+        else:
+            already = {}
+            for w in drains:
+                try:
+                    already[w] = (store.get(w) or {}).get("phase") == "drained"
+                except Exception:  # gone or unreadable: the drain itself reports it
+                    already[w] = False
+            run_all(list(drains.values()))
+            uids = dict(pods)
+            for worker, d in drains.items():
+                st = d.status
+                pod = next((t[2] for t in targets if t[0] == worker), None)
+                if st.phase == "drained" and p["delete_pod"] and pod:
+                    try:
+                        from kubernetes import client
+                        api.delete_namespaced_pod(pod, p["namespace"], body=client.V1DeleteOptions(
+                            preconditions=client.V1Preconditions(uid=uids[pod])))
+                        results[worker] = _entry(st, pod, "deleted")
+                    except Exception as exc:
+                        if getattr(exc, "status", None) in (404, 409):
+                            results[worker] = _entry(st, pod, "gone")
+                        else:
+                            st.phase, st.error = "failed", "drained, but deleting pod %s failed: %s" % (pod, exc)
+                if results.get(worker, {}).get("state") == "deleted":
+                    changed = True
+                elif st.phase not in ("gone", "failed") and not (st.phase == "drained" and already[worker]):
+                    changed = True
+        for worker, d in drains.items():
+            if worker not in results:
+                pod = next((t[2] for t in targets if t[0] == worker), None)
+                results[worker] = _entry(d.status, pod)
+        ordered = [results[t[0]] for t in targets]
+    finally:
+        control.close()
+
+    drained = [r["worker"] for r in ordered if r["state"] in ("drained", "deleted")]
+    failed = [r for r in ordered if r["state"] == "failed"]
+    timed_out = [r for r in ordered if r["state"] == "restored" and r["reason"] == "timeout"]
+    if failed or timed_out:
+        parts = []
+        if timed_out:
+            parts.append("%d worker(s) not idle within timeout=%ss, kept and consuming again: %s"
+                         % (len(timed_out), p["timeout"], ", ".join(r["worker"] for r in timed_out)))
+        for r in failed:
+            parts.append("%s: %s" % (r["worker"], r["msg"]))
+        module.fail_json(msg="; ".join(parts), changed=changed, workers=ordered, drained=drained)
+    module.exit_json(changed=changed, workers=ordered, drained=drained)
+
+
+if __name__ == "__main__":
+    main()

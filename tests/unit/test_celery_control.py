@@ -1,0 +1,329 @@
+"""Unit tests of the Celery control client (plugins/module_utils/elastic/celery_control.py), no broker."""
+import os
+import sys
+
+import pytest
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(_ROOT, "plugins", "module_utils"))
+
+from elastic import celery_control as cc  # noqa: E402
+from elastic import k8s_store as ks  # noqa: E402
+from elastic.drain import DrainError, WorkerGone  # noqa: E402
+
+
+class ConnErr(Exception):
+    pass
+
+
+class FakeConn:
+    connection_errors = (ConnErr,)
+
+    def __init__(self, fail=None):
+        self.fail = fail
+        self.released = 0
+
+    def ensure_connection(self, **kw):
+        if self.fail:
+            raise self.fail
+
+    def release(self):
+        self.released += 1
+
+    def as_uri(self, include_password=True):
+        return "redis://:**@broker:6379/0"
+
+
+class FakeInspect:
+    def __init__(self, data, kw):
+        self.data, self.kw = data, kw
+
+    def __getattr__(self, name):
+        if name in ("active", "reserved", "scheduled", "active_queues", "stats"):
+            return lambda: self.data.get(name)
+        raise AttributeError(name)
+
+
+class FakeControl:
+    def __init__(self):
+        self.inspect_data = {}
+        self.replies = {}
+        self.sent = []
+        self.raise_on = {}
+
+    def _r(self, name, args, kw):
+        self.sent.append((name, args, kw))
+        if name in self.raise_on:
+            raise self.raise_on[name]
+        return self.replies.get(name)
+
+    def ping(self, **kw):
+        return self._r("ping", (), kw)
+
+    def inspect(self, **kw):
+        self.sent.append(("inspect", (), kw))
+        if "inspect" in self.raise_on:
+            raise self.raise_on["inspect"]
+        return FakeInspect(self.inspect_data, kw)
+
+    def cancel_consumer(self, queue, **kw):
+        return self._r("cancel_consumer", (queue,), kw)
+
+    def add_consumer(self, queue, **kw):
+        return self._r("add_consumer", (queue,), kw)
+
+    def shutdown(self, **kw):
+        return self._r("shutdown", (), kw)
+
+
+class FakeApp:
+    def __init__(self, conn=None):
+        self.control = FakeControl()
+        self.conn = conn or FakeConn()
+
+    def connection_for_write(self):
+        return self.conn
+
+
+def client(**kw):
+    app = FakeApp(**kw)
+    return cc.CeleryControl(None, timeout=0.5, app=app), app
+
+
+H = "celery@w-0"
+
+
+def test_requires_positive_timeout_and_url():
+    with pytest.raises(ValueError, match="timeout must be > 0"):
+        cc.CeleryControl("redis://x", timeout=0)
+    with pytest.raises(ValueError, match="broker_url is required"):
+        cc.CeleryControl("", timeout=1)
+
+
+def test_builds_a_real_app_from_url():
+    c = cc.CeleryControl("redis://127.0.0.1:1/0", timeout=0.3, transport_options={"visibility_timeout": 10})
+    assert c.app.conf.broker_connection_timeout == 0.3
+    assert c.app.conf.broker_transport_options == {"visibility_timeout": 10}
+    assert "127.0.0.1:1" in c.safe_broker_url
+    with pytest.raises(cc.BrokerUnreachable, match="cannot reach the Celery broker"):
+        c.connect()
+
+
+def test_ping_maps_replies():
+    c, app = client()
+    app.control.replies["ping"] = [{H: {"ok": "pong"}}]
+    assert c.ping([H, "celery@w-1", H]) == {H: True, "celery@w-1": False}
+    _, _, kw = app.control.sent[-1]
+    assert kw["destination"] == [H, "celery@w-1"] and kw["limit"] == 2 and kw["timeout"] == 0.5
+    app.control.replies["ping"] = None
+    assert c.ping(H) == {H: False}
+    with pytest.raises(ValueError):
+        c.ping([])
+
+
+def test_workload_collects_ids_and_skips_silent_workers():
+    c, app = client()
+    app.control.inspect_data = {
+        "active": {H: [{"id": "a"}], "celery@w-1": []},
+        "reserved": {H: [{"id": "r"}, {"no": "id"}], "celery@w-1": []},
+        "scheduled": {H: [{"eta": "x", "request": {"id": "s"}}, "junk"]},  # w-1 did not answer this one
+    }
+    out = c.workload([H, "celery@w-1"])
+    assert set(out) == {H}
+    load = out[H]
+    assert load.active == ("a",) and load.reserved == ("r",) and load.scheduled == ("s",)
+    assert load.total == 3 and not load.idle and load.task_ids == ("a", "r", "s")
+    assert load.counts() == {"active": 1, "reserved": 1, "scheduled": 1}
+    assert cc.WorkerLoad().idle
+    inspects = [s for s in app.control.sent if s[0] == "inspect"]
+    assert all(kw["limit"] == 2 and kw["connection"] is app.conn for _, _, kw in inspects)
+
+
+def test_workload_none_reply_is_empty():
+    c, app = client()
+    assert c.workload([H]) == {}
+
+
+def test_queues_parse_and_no_reply():
+    c, app = client()
+    app.control.inspect_data = {"active_queues": {H: [
+        {"name": "default", "exchange": {"name": "default", "type": "direct"}, "routing_key": "default"},
+        {"name": "odd", "exchange": "ex"}]}}
+    qs = c.queues(H)
+    assert qs[0] == cc.QueueRef("default", "default", "direct", "default")
+    assert qs[1] == cc.QueueRef("odd", "ex", None, None)
+    with pytest.raises(cc.NoReply, match="did not answer 'active_queues'"):
+        c.queues("celery@nobody")
+
+
+def test_queue_ref_conversions():
+    assert cc.QueueRef.from_any("q") == cc.QueueRef("q")
+    ref = cc.QueueRef("q", "e", "topic", "rk")
+    assert cc.QueueRef.from_any(ref) is ref
+    assert cc.QueueRef.from_any(ref.to_dict()) == ref
+
+
+def test_cancel_consumer_ok_noreply_and_error():
+    c, app = client()
+    app.control.replies["cancel_consumer"] = [{H: {"ok": "no longer consuming from default"}}]
+    c.cancel_consumer(H, ["default", {"name": "other"}])
+    calls = [s for s in app.control.sent if s[0] == "cancel_consumer"]
+    assert [a[0] for _, a, _ in calls] == ["default", "other"]
+    assert calls[0][2]["destination"] == [H] and calls[0][2]["reply"] is True and calls[0][2]["limit"] == 1
+    app.control.replies["cancel_consumer"] = [{"celery@else": {"ok": "x"}}]
+    with pytest.raises(cc.NoReply):
+        c.cancel_consumer(H, ["default"])
+    app.control.replies["cancel_consumer"] = [{H: {"error": "boom"}}]
+    with pytest.raises(cc.CommandFailed, match="boom"):
+        c.cancel_consumer(H, ["default"])
+
+
+def test_add_consumer_passes_exchange_details():
+    c, app = client()
+    app.control.replies["add_consumer"] = [{H: {"ok": "already consuming from default"}}]
+    c.add_consumer(H, [cc.QueueRef("default", "default", "direct", "default"), "plain"])
+    calls = [s for s in app.control.sent if s[0] == "add_consumer"]
+    assert calls[0][2]["exchange"] == "default" and calls[0][2]["routing_key"] == "default"
+    assert "exchange" not in calls[1][2]
+
+
+def test_shutdown_sends_without_reply():
+    c, app = client()
+    c.shutdown(H)
+    assert app.control.sent[-1][0] == "shutdown" and app.control.sent[-1][2]["destination"] == [H]
+
+
+def test_broker_unreachable_on_connect():
+    c, app = client(conn=FakeConn(fail=OSError("refused")))
+    with pytest.raises(cc.BrokerUnreachable, match="refused"):
+        c.ping([H])
+    assert app.conn.released == 1
+
+
+@pytest.mark.parametrize("exc", [OSError("reset"), ConnErr("lost")])
+def test_connection_lost_during_command(exc):
+    c, app = client()
+    app.control.raise_on["ping"] = exc
+    with pytest.raises(cc.BrokerUnreachable, match="lost the Celery broker"):
+        c.ping([H])
+    assert c._conn is None  # reconnects next time
+
+
+def test_other_errors_propagate():
+    c, app = client()
+    app.control.raise_on["ping"] = KeyError("x")
+    with pytest.raises(KeyError):
+        c.ping([H])
+
+
+def test_context_manager_closes():
+    c, app = client()
+    with c:
+        c.connect()
+    assert app.conn.released == 1
+    c.close()
+
+
+# --- the pod annotation store ---------------------------------------------------------
+
+
+class ApiExc(Exception):
+    def __init__(self, status):
+        super().__init__("status %s" % status)
+        self.status = status
+
+
+class Meta:
+    def __init__(self, annotations=None, deleting=False, uid="u1"):
+        self.annotations = annotations
+        self.deletion_timestamp = "now" if deleting else None
+        self.uid = uid
+
+
+class Pod:
+    def __init__(self, **kw):
+        self.metadata = Meta(**kw)
+
+
+class FakeCore:
+    def __init__(self):
+        self.pods = {}
+        self.patches = []
+
+    def read_namespaced_pod(self, name, namespace):
+        if name not in self.pods:
+            raise ApiExc(404)
+        return self.pods[name]
+
+    def patch_namespaced_pod(self, name, namespace, body, **kw):
+        if name not in self.pods:
+            raise ApiExc(404)
+        self.patches.append((name, body, kw))
+        ann = dict(self.pods[name].metadata.annotations or {})
+        for k, v in body["metadata"]["annotations"].items():
+            if v is None:
+                ann.pop(k, None)
+            else:
+                ann[k] = v
+        self.pods[name].metadata.annotations = ann
+
+
+def test_pod_annotation_store():
+    api = FakeCore()
+    api.pods["w-0"] = Pod()
+    store = ks.PodAnnotationStore(api, "airflow")
+    assert store.get("w-0") is None and store.exists("w-0")
+    store.put("w-0", {"phase": "draining"})
+    assert api.pods["w-0"].metadata.annotations[ks.ANNOTATION] == '{"phase":"draining"}'
+    assert api.patches[-1][2] == {"_content_type": "application/merge-patch+json"}
+    assert store.get("w-0") == {"phase": "draining"}
+    store.delete("w-0")
+    assert store.get("w-0") is None
+    # gone pods
+    assert not store.exists("w-9")
+    with pytest.raises(WorkerGone):
+        store.get("w-9")
+    with pytest.raises(WorkerGone):
+        store.put("w-9", {})
+    store.delete("w-9")  # no error
+    # terminating pods count as gone
+    api.pods["w-1"] = Pod(deleting=True)
+    assert not store.exists("w-1")
+    assert ks.pod_uid(api, "airflow", "w-0") == "u1" and ks.pod_uid(api, "airflow", "w-9") is None
+
+
+def test_pod_annotation_store_errors():
+    api = FakeCore()
+    api.pods["w-0"] = Pod(annotations={ks.ANNOTATION: "{nope"})
+    store = ks.PodAnnotationStore(api, "airflow")
+    with pytest.raises(DrainError, match="not JSON"):
+        store.get("w-0")
+    with pytest.raises(DrainError):
+        ks.PodAnnotationStore(api, "")
+
+    class Broken(FakeCore):
+        def read_namespaced_pod(self, name, namespace):
+            raise ApiExc(500)
+
+        def patch_namespaced_pod(self, *a, **kw):
+            raise ApiExc(403)
+
+    with pytest.raises(ApiExc):
+        ks.PodAnnotationStore(Broken(), "ns").get("w")
+    with pytest.raises(ApiExc):
+        ks.PodAnnotationStore(Broken(), "ns").put("w", {})
+    with pytest.raises(ApiExc):
+        ks.pod_uid(Broken(), "ns", "w")
+
+
+def test_pod_annotation_store_old_client_without_content_type():
+    class Old(FakeCore):
+        def patch_namespaced_pod(self, name, namespace, body, **kw):
+            if kw:
+                raise TypeError("unexpected keyword")
+            return super().patch_namespaced_pod(name, namespace, body)
+
+    api = Old()
+    api.pods["w"] = Pod()
+    ks.PodAnnotationStore(api, "ns").put("w", {"phase": "drained"})
+    assert api.patches[-1][2] == {}
