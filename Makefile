@@ -87,14 +87,17 @@ bench-converge: venv collection-link cluster-up ## time site.yml against kubectl
 	python benchmarks/bench_converge.py
 
 # --- Safe Celery worker drain (issue 4) -----------------------------------------
-TESTS += test-drain
-.PHONY: test-drain bench-drain
+TESTS += test-drain test-drain-playbook
+.PHONY: test-drain test-drain-playbook bench-drain
 
 # Starts Redis and RabbitMQ through tests/services/services.sh if they are not
 # running (and stops again what it started); real Celery worker processes.
 test-drain: venv ## drain: unit tests, then real Redis/RabbitMQ/Celery workers and the module through ansible
 	pytest -q -p no:cacheprovider tests/unit/test_drain_state_machine.py tests/unit/test_celery_control.py
-	pytest -v -p no:cacheprovider tests/integration/drain
+	pytest -v -p no:cacheprovider --deselect tests/integration/drain/test_drain_playbook.py tests/integration/drain
+
+test-drain-playbook: venv cluster-up ## playbooks/drain.yml on the local cluster (KWOK StatefulSet pods + real Celery workers on Redis)
+	pytest -v -s -p no:cacheprovider tests/integration/drain/test_drain_playbook.py
 
 bench-drain: venv ## seconds to drain an idle Celery worker on real Redis and RabbitMQ (target <= 5 s)
 	$(PY) benchmarks/bench_drain.py

@@ -13,7 +13,7 @@ module: celery_worker_drain
 short_description: Drain Celery workers safely, then optionally delete their pods
 version_added: "0.1.0"
 author:
-  - elastic_airflow.cluster contributors
+  - elastic_airflow developers (@elastic_airflow)
 description:
   - Drains Celery workers (for example Airflow CeleryExecutor workers) so that they can be removed without
     losing a task. For each worker it cancels the worker's queue consumers (the worker stops taking new
@@ -39,9 +39,8 @@ options:
   broker_url:
     description:
       - URL of the Celery broker the workers use, C(redis://), C(rediss://), C(amqp://) or C(amqps://).
-      - Can also be given as the environment variable E(ELASTIC_AIRFLOW_BROKER_URL).
+      - Can also be given as the environment variable E(ELASTIC_AIRFLOW_BROKER_URL); one of the two is required.
     type: str
-    required: true
   workers:
     description:
       - Names of worker pods in O(namespace) to drain.
@@ -135,8 +134,10 @@ notes:
   - Supports check mode.
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 """
 
@@ -261,6 +262,8 @@ try:
     )
     from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.drain import (
         Drain,
+        DrainError,
+        WorkerGone,
         FileStore,
         MemoryStore,
         run_all,
@@ -357,7 +360,15 @@ def _check_mode(module, control, store, targets):
     for worker, hostname, pod, exists in targets:
         entry = {"worker": worker, "pod": pod, "hostname": hostname, "reason": None, "msg": None, "queues": [],
                  "tasks_finished": 0, "task_ids": [], "seconds": None, "resumed": False, "load": None}
-        record = store.get(worker) if exists else None
+        record = None
+        try:
+            record = store.get(worker) if exists else None
+        except WorkerGone:
+            exists = False
+        except DrainError as exc:
+            entry.update(state="failed", msg=str(exc))
+            results.append(entry)
+            continue
         if not exists:
             entry["state"] = "gone"
             results.append(entry)
@@ -508,6 +519,8 @@ def main():
                 pod = next((t[2] for t in targets if t[0] == worker), None)
                 results[worker] = _entry(d.status, pod)
         ordered = [results[t[0]] for t in targets]
+    except DrainError as exc:
+        module.fail_json(msg="%s; fix or remove the drain record, then run again" % exc)
     finally:
         control.close()
 

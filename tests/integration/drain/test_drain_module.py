@@ -71,8 +71,7 @@ def test_check_mode_drain_idempotence_and_restore(redis_url, workers_factory, co
     assert rc == 0 and res["changed"] is False, res
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("args,needle", [
+BAD_INPUT = [
     ({"timeout": 0}, "timeout must be a number of seconds > 0"),
     ({"timeout": -5}, "timeout must be a number of seconds > 0"),
     ({"poll_interval": 0}, "poll_interval must be"),
@@ -83,13 +82,28 @@ def test_check_mode_drain_idempotence_and_restore(redis_url, workers_factory, co
     ({"workers": ["airflow-worker-0"], "celery_hostnames": []}, "namespace is required"),
     ({"hostname_template": "celery@x"}, "hostname_template must contain {pod}"),
     ({"state": "gone"}, "value of state must be one of: drained, restored"),
-])
-def test_bad_input_is_a_clear_error(redis_url, collections_path, tmp_path, args, needle):
-    a = base(redis_url, ["celery@nobody-here"], tmp_path / "s.json")
-    a.update(args)
-    rc, res = run_module(collections_path, a)
-    assert rc != 0 and res.get("failed"), res
-    assert needle in res["msg"], res["msg"]
+]
+
+
+@pytest.mark.timeout(120)
+def test_bad_input_is_a_clear_error(redis_url, collections_path, tmp_path):
+    """Every case in one playbook run (ansible start-up dominates otherwise)."""
+    tasks = []
+    for i, (args, _) in enumerate(BAD_INPUT):
+        a = base(redis_url, ["celery@nobody-here"], tmp_path / "s.json")
+        a.update(args)
+        tasks.append({"name": "case %d" % i, "elastic_airflow.cluster.celery_worker_drain": a, "ignore_errors": True})
+    play = tmp_path / "bad.yml"
+    play.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]))
+    proc = subprocess.run([ansible_module_cmd({})[0] + "-playbook", str(play)], env=ansible_env(collections_path),
+                          capture_output=True, text=True, timeout=100)
+    results = [t["hosts"]["localhost"] for t in json.loads(proc.stdout)["plays"][0]["tasks"]]
+    assert len(results) == len(BAD_INPUT)
+    for (args, needle), res in zip(BAD_INPUT, results):
+        assert res.get("failed"), (args, res)
+        assert needle in res["msg"], (args, res["msg"])
+        assert res.get("changed") is not True
+    assert not (tmp_path / "s.json").exists()  # nothing was recorded
 
 
 def _wait_phase(state_file, worker, phase, timeout=30):
