@@ -17,9 +17,21 @@
 #
 # Ports (override through the environment):
 #   redis     ELASTIC_AIRFLOW_REDIS_PORT     (16379)
+#             ELASTIC_AIRFLOW_REDIS_PASSWORD (default none: no AUTH; set it to
+#             run an instance that requires it, e.g. with its own port and
+#             ELASTIC_AIRFLOW_CACHE)
 #   rabbitmq  ELASTIC_AIRFLOW_RABBITMQ_PORT  (35672, AMQP)
 #             ELASTIC_AIRFLOW_RABBITMQ_DIST_PORT (35673, Erlang distribution)
 #             ELASTIC_AIRFLOW_EPMD_PORT      (34369, a private epmd)
+#   postgresql ELASTIC_AIRFLOW_POSTGRESQL_PORT (15432)
+#   mariadb   ELASTIC_AIRFLOW_MARIADB_PORT   (13306)
+#
+# PostgreSQL and MariaDB refuse to (or should not) run as root: when this
+# script runs as root they run as the packages' system users (postgres,
+# mysql) through setpriv. Their admin account gets a random password, kept in
+# <dir>/admin-password (mode 600); `env` prints it in an admin URL. TCP
+# clients always need a password (the tests create users with exactly the
+# credentials a cluster's Secrets hold).
 set -euo pipefail
 
 CACHE="${ELASTIC_AIRFLOW_CACHE:-$HOME/.cache/elastic-airflow}"
@@ -27,7 +39,10 @@ RUN="$CACHE/run"
 START_TIMEOUT="${ELASTIC_AIRFLOW_SERVICE_START_TIMEOUT:-60}"
 
 REDIS_PORT="${ELASTIC_AIRFLOW_REDIS_PORT:-16379}"
+REDIS_PASSWORD="${ELASTIC_AIRFLOW_REDIS_PASSWORD:-}"
 RABBITMQ_PORT="${ELASTIC_AIRFLOW_RABBITMQ_PORT:-35672}"
+POSTGRESQL_PORT="${ELASTIC_AIRFLOW_POSTGRESQL_PORT:-15432}"
+MARIADB_PORT="${ELASTIC_AIRFLOW_MARIADB_PORT:-13306}"
 RABBITMQ_DIST="${ELASTIC_AIRFLOW_RABBITMQ_DIST_PORT:-35673}"
 EPMD_PORT="${ELASTIC_AIRFLOW_EPMD_PORT:-34369}"
 
@@ -105,15 +120,19 @@ save ""
 appendonly no
 logfile ""
 EOF
+    if [ -n "$REDIS_PASSWORD" ]; then
+        chmod 600 "$dir/redis.conf"
+        echo "requirepass $REDIS_PASSWORD" >>"$dir/redis.conf"
+    fi
     launch "$dir" server redis-server "$dir/redis.conf"
 }
 
 svc_redis_ready() {
-    [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ]
+    [ "$(REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ]
 }
 
 svc_redis_env() {
-    echo "REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
+    echo "REDIS_URL=redis://${REDIS_PASSWORD:+:$REDIS_PASSWORD@}127.0.0.1:$REDIS_PORT/0"
 }
 
 # --- rabbitmq ---------------------------------------------------------------
@@ -178,6 +197,143 @@ svc_rabbitmq_stop_extra() {
     end "$RUN/rabbitmq/epmd.pid"
 }
 
+# --- servers that run as an unprivileged user ------------------------------
+
+# as_user <user> <cmd...>: run cmd as <user> when we are root, else as we are
+as_user() {
+    local user="$1"
+    shift
+    # shellcheck disable=SC2046  # a word list by design
+    $(user_prefix "$user") "$@"
+}
+
+# user_prefix <user>: the command words that make a program run as <user>
+# (setpriv execs, so `launch` records the server's own pid)
+user_prefix() {
+    if [ "$(id -u)" = 0 ]; then
+        echo setpriv --reuid="$1" --regid="$1" --init-groups --
+    fi
+}
+
+# server_user <system user>: who runs a database server
+server_user() {
+    if [ "$(id -u)" = 0 ]; then
+        id "$1" >/dev/null 2>&1 || die "system user $1 missing (it comes with the server's package)"
+        echo "$1"
+    else
+        id -un
+    fi
+}
+
+# data_dir <name> <user>: the server's own files. $RUN/<name>/data, unless
+# <user> cannot reach $RUN (root's home is usually 0700); then a directory
+# under /var/tmp that only <user> can read, linked from $RUN/<name>/data.
+# Prints the resolved path (the server must not need to pass through $RUN).
+data_dir() {
+    local name="$1" user="$2" link="$RUN/$1/data" alt
+    if [ -L "$link" ] || [ -d "$link" ]; then
+        readlink -f "$link"
+        return
+    fi
+    if as_user "$user" test -w "$RUN/$name" 2>/dev/null; then
+        mkdir -p "$link"
+    else
+        alt="/var/tmp/elastic-airflow-services/$(printf %s "$RUN" | sha256sum | cut -c1-12)/$name"
+        mkdir -p "$alt"
+        chmod 755 "$(dirname "$(dirname "$alt")")" "$(dirname "$alt")"
+        ln -sfn "$alt" "$link"
+    fi
+    chown "$user:" "$link/" 2>/dev/null || true
+    chmod 700 "$link/"
+    readlink -f "$link"
+}
+
+# admin_password <name>: generated once, kept in <dir>/admin-password
+admin_password() {
+    local f="$RUN/$1/admin-password"
+    if [ ! -s "$f" ]; then
+        (umask 077 && head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$f")
+    fi
+    cat "$f"
+}
+
+# --- postgresql ---------------------------------------------------------------
+
+pg_bin() {
+    local d
+    d="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+    [ -n "$d" ] && [ -x "$d/postgres" ] || die "postgres not found: apt-get install -y postgresql"
+    echo "$d"
+}
+
+svc_postgresql_start() {
+    local dir="$RUN/postgresql" bin user data pw
+    bin="$(pg_bin)"
+    user="$(server_user postgres)"
+    data="$(data_dir postgresql "$user")"
+    pw="$(admin_password postgresql)"
+    if [ ! -s "$data/db/PG_VERSION" ]; then
+        install -d -o "$user" -m 700 "$data/db" "$data/socket"
+        printf '%s\n' "$pw" | install -o "$user" -m 600 /dev/stdin "$data/pwfile"
+        as_user "$user" "$bin/initdb" -D "$data/db" -U postgres --pwfile="$data/pwfile" \
+            --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >>"$dir/initdb.log" 2>&1 ||
+            die "initdb failed (see $dir/initdb.log)"
+        rm -f "$data/pwfile"
+    fi
+    # the unix socket lives in a directory only the server user can enter, so
+    # every client that is not that user goes through TCP and a password
+    # shellcheck disable=SC2046
+    launch "$dir" server $(user_prefix "$user") "$bin/postgres" -D "$data/db" \
+        -c listen_addresses=127.0.0.1 -c port="$POSTGRESQL_PORT" -c unix_socket_directories="$data/socket" \
+        -c max_connections=300 -c shared_buffers=64MB -c fsync=off -c synchronous_commit=off \
+        -c full_page_writes=off -c logging_collector=off
+}
+
+svc_postgresql_ready() {
+    "$(pg_bin)/pg_isready" -q -h 127.0.0.1 -p "$POSTGRESQL_PORT"
+}
+
+svc_postgresql_env() {
+    echo "POSTGRESQL_PORT=$POSTGRESQL_PORT"
+    echo "POSTGRESQL_ADMIN_URL=postgresql://postgres:$(admin_password postgresql)@127.0.0.1:$POSTGRESQL_PORT/postgres"
+}
+
+# --- mariadb ------------------------------------------------------------------
+
+svc_mariadb_start() {
+    local dir="$RUN/mariadb" user data pw
+    need mariadbd "apt-get install -y mariadb-server"
+    need mariadb-install-db "apt-get install -y mariadb-server"
+    user="$(server_user mysql)"
+    data="$(data_dir mariadb "$user")"
+    pw="$(admin_password mariadb)"
+    if [ ! -d "$data/db/mysql" ]; then
+        install -d -o "$user" -m 700 "$data/db"
+        as_user "$user" mariadb-install-db --no-defaults --datadir="$data/db" --auth-root-authentication-method=socket \
+            --skip-test-db >>"$dir/install-db.log" 2>&1 || die "mariadb-install-db failed (see $dir/install-db.log)"
+    fi
+    # the admin account over TCP, (re)created at every start from the kept password
+    printf "CREATE USER IF NOT EXISTS 'admin'@'127.0.0.1' IDENTIFIED BY '%s';\nALTER USER 'admin'@'127.0.0.1' IDENTIFIED BY '%s';\nGRANT ALL PRIVILEGES ON *.* TO 'admin'@'127.0.0.1' WITH GRANT OPTION;\n" \
+        "$pw" "$pw" | install -o "$user" -m 600 /dev/stdin "$data/init.sql"
+    # shellcheck disable=SC2046
+    launch "$dir" server $(user_prefix "$user") mariadbd --no-defaults --datadir="$data/db" \
+        --bind-address=127.0.0.1 --port="$MARIADB_PORT" --socket="$data/mariadb.sock" --pid-file="$data/mariadb.pid" \
+        --skip-name-resolve --init-file="$data/init.sql" --log-error="$data/error.log" --skip-log-bin \
+        --innodb-buffer-pool-size=128M --innodb-flush-log-at-trx-commit=2 --innodb-doublewrite=0 \
+        --max-connections=300 --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci \
+        --explicit-defaults-for-timestamp=ON
+}
+
+svc_mariadb_ready() {
+    mariadb-admin --no-defaults -h 127.0.0.1 -P "$MARIADB_PORT" -u admin -p"$(admin_password mariadb)" \
+        --connect-timeout=2 ping
+}
+
+svc_mariadb_env() {
+    echo "MARIADB_PORT=$MARIADB_PORT"
+    echo "MARIADB_ADMIN_URL=mysql://admin:$(admin_password mariadb)@127.0.0.1:$MARIADB_PORT/mysql"
+}
+
 # --- commands ---------------------------------------------------------------
 
 known() { declare -F "svc_${1}_start" >/dev/null || die "unknown service '$1' (known: $(declare -F | sed -n 's/^declare -f svc_\(.*\)_start$/\1/p' | tr '\n' ' '))"; }
@@ -228,7 +384,14 @@ cmd_status() {
 
 cmd_env() { ( "svc_${1}_env" ); }
 
-usage() { echo "usage: $0 start|stop|status|env <name>..." >&2; exit 2; }
+usage() { echo "usage: $0 start|stop|status|env <name>... | rabbitmqctl <args>..." >&2; exit 2; }
+
+# rabbitmqctl <args>: administer the test node (users, vhosts, permissions)
+if [ "${1:-}" = rabbitmqctl ]; then
+    shift
+    rabbitmq_vars
+    exec /usr/lib/rabbitmq/bin/rabbitmqctl -q -n "$RABBITMQ_NODENAME" "$@"
+fi
 
 [ $# -ge 2 ] || usage
 cmd="$1"
