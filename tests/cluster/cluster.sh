@@ -45,7 +45,7 @@ ISSUER=https://kubernetes.default.svc.cluster.local
 # a loop (see recycle_loop), the others are the binaries of the same name.
 COMPONENTS=(pv-recycler kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
 
-log() { printf '[cluster] %s\n' "$*" >&2; }
+log() { printf '[cluster %2ds] %s\n' "$SECONDS" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 pid_of() { cat "$STATE/pids/$1.pid" 2>/dev/null || true; }
@@ -149,7 +149,7 @@ start() { # name args...
   local name=$1; shift
   log "starting $name"
   # setsid: the component outlives the shell (and its terminal) that ran `up`.
-  setsid "$BIN/$name" "$@" </dev/null >"$STATE/logs/$name.log" 2>&1 &
+  setsid "$BIN/$name" "$@" </dev/null >"$STATE/logs/$name.log" 2>&1 9>&- &
   echo $! >"$STATE/pids/$name.pid"
 }
 
@@ -389,7 +389,7 @@ cmd_up() {
 
   # Background loop, not a binary: returns Released pool PVs to the pool.
   log "starting pv-recycler"
-  setsid bash "$here/cluster.sh" _recycle-loop "$STATE" </dev/null >"$STATE/logs/pv-recycler.log" 2>&1 &
+  setsid bash "$here/cluster.sh" _recycle-loop "$STATE" </dev/null >"$STATE/logs/pv-recycler.log" 2>&1 9>&- &
   echo $! >"$STATE/pids/pv-recycler.pid"
   STARTED+=(pv-recycler)
 
@@ -459,9 +459,18 @@ recycle_loop() {
   done
 }
 
+# up and down of the same state dir never overlap (two engineers typing
+# `make cluster-up` at once): the second waits, then finds the cluster up.
+# Components are started with fd 9 closed so they do not hold the lock.
+lock() {
+  mkdir -p "$(dirname "$STATE")"
+  exec 9>"${STATE%/}.lock"
+  flock -w 1200 9 || die "another cluster.sh holds ${STATE%/}.lock"
+}
+
 case "${1:-}" in
-  up) cmd_up ;;
-  down) cmd_down ;;
+  up) lock; cmd_up ;;
+  down) lock; cmd_down ;;
   status) cmd_status ;;
   recycle-pvs) cmd_recycle_pvs ;;
   _recycle-loop) STATE=$2; recycle_loop ;;
