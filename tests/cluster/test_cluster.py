@@ -331,3 +331,28 @@ def test_rbac_denies_what_a_service_account_was_not_granted(api, namespace, kube
     with pytest.raises(ApiException) as err:
         client.CoreV1Api(client.ApiClient(cfg)).read_namespaced_config_map("cfg", namespace)
     assert err.value.status in (401, 403)
+
+
+def test_released_volume_returns_to_the_pool(api, namespace):
+    core = client.CoreV1Api(api)
+    core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "scratch"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    })
+    core.create_namespaced_pod(namespace, {
+        "metadata": {"name": "user"},
+        "spec": {"containers": [{"name": "main", "image": PAUSE, "volumeMounts": [{"name": "d", "mountPath": "/d"}]}],
+                 "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "scratch"}}]},
+    })
+    pv_name = wait_until(
+        lambda: core.read_namespaced_persistent_volume_claim("scratch", namespace).spec.volume_name,
+        60, "claim bound through WaitForFirstConsumer")
+    wait_until(lambda: core.read_namespaced_pod("user", namespace).status.phase == "Running", 30, "pod Running")
+    core.delete_namespaced_pod("user", namespace)
+    core.delete_namespaced_persistent_volume_claim("scratch", namespace)
+
+    def back_in_pool():
+        pv = core.read_persistent_volume(pv_name)
+        return pv.status.phase == "Available" and pv.spec.claim_ref is None
+
+    wait_until(back_in_pool, 60, f"{pv_name} Released then Available again (pv-recycler)", interval=0.5)
