@@ -1,0 +1,210 @@
+"""Fixtures of the end-to-end tests: deploy with playbooks/site.yml, read the
+configuration back from the API server, run real Airflow 3 locally with it.
+
+Environment:
+  ELASTIC_AIRFLOW_E2E_KUBECONFIG  the cluster (default: the shared local one,
+                                  $ELASTIC_AIRFLOW_CACHE/run/cluster/kubeconfig)
+  ELASTIC_AIRFLOW_E2E_KEEP=1      keep the namespaces (default: deleted at the end)
+"""
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+
+import pytest
+from kubernetes import client, config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+sys.path.insert(0, HERE)
+
+import harness  # noqa: E402
+
+CACHE = os.environ.get("ELASTIC_AIRFLOW_CACHE", os.path.expanduser("~/.cache/elastic-airflow"))
+KUBECONFIG = os.environ.get("ELASTIC_AIRFLOW_E2E_KUBECONFIG", os.path.join(CACHE, "run", "cluster", "kubeconfig"))
+SERVICES = os.path.join(ROOT, "tests", "services", "services.sh")
+# A private Redis (it must require the password of the cluster's Secret).
+PRIVATE = os.path.join(CACHE, "e2e")
+REDIS_PORT = int(os.environ.get("ELASTIC_AIRFLOW_E2E_REDIS_PORT", "26379"))
+
+TIMINGS = []
+
+
+def timed(what, t0):
+    TIMINGS.append((what, time.time() - t0))
+
+
+def services_env(name, extra=None):
+    out = subprocess.run([SERVICES, "env", name], env=dict(os.environ, **(extra or {})), capture_output=True,
+                         text=True, check=True).stdout
+    return dict(line.split("=", 1) for line in out.split())
+
+
+@pytest.fixture(scope="session")
+def api():
+    if not os.path.exists(KUBECONFIG):
+        pytest.fail("no cluster: %s is missing (run `make cluster-up`)" % KUBECONFIG)
+    return config.new_client_from_config(config_file=KUBECONFIG)
+
+
+@pytest.fixture(scope="session")
+def airflow_venv():
+    t0 = time.time()
+    out = subprocess.run([os.path.join(HERE, "airflow_venv.sh")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    timed("airflow venv (cached after the first build)", t0)
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def report_timings():
+    t0 = time.time()
+    yield
+    lines = ["%-58s %6.1f s" % (w, s) for w, s in TIMINGS]
+    sys.stdout.write("\n\ne2e timings:\n  " + "\n  ".join(lines) + "\n  %-58s %6.1f s\n" % (
+        "total (session)", time.time() - t0))
+
+
+def deploy(varsfile):
+    """site.yml with the test's variables (ansible-playbook and the collection path come from `make`)."""
+    t0 = time.time()
+    out = subprocess.run(
+        ["ansible-playbook", "-i", os.path.join(ROOT, "inventories", "local"),
+         os.path.join(ROOT, "playbooks", "site.yml"), "-e", "@" + varsfile,
+         "-e", "elastic_airflow_kubeconfig=" + KUBECONFIG],
+        cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, "site.yml failed:\n" + out.stdout[-6000:] + out.stderr[-2000:]
+    timed("site.yml (%s)" % os.path.basename(varsfile), t0)
+
+
+def delete_namespace(api, namespace):
+    if os.environ.get("ELASTIC_AIRFLOW_E2E_KEEP"):
+        return
+    try:
+        client.CoreV1Api(api).delete_namespace(namespace)
+    except client.rest.ApiException:
+        pass
+
+
+class Boot:
+    """A deployed cluster running as local Airflow processes."""
+
+    def __init__(self, api, venv, varsfile, namespace, cluster, engine, broker, api_port, log_port_base, tmp):
+        import yaml
+        self.api_client, self.namespace, self.cluster = api, namespace, cluster
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.engine, self.broker = engine, broker
+        self.tmp = tmp
+        self.private_redis = None
+        deploy(varsfile)
+        with open(varsfile) as fh:
+            self.vars = yaml.safe_load(fh)
+        t0 = time.time()
+        self.config = harness.ClusterConfig(api, namespace, cluster)
+        _, env = self.config.worker()
+        db_url = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+        broker_url = env["AIRFLOW__CELERY__BROKER_URL"]
+        ports = {"api-server": {8080: api_port}, "statsd": {9125: 19125},
+                 "worker": {8793: log_port_base}, "flower": {5555: api_port + 1000}}
+        if engine == "postgresql":
+            subprocess.run([SERVICES, "start", "postgresql"], check=True, stdout=subprocess.DEVNULL)
+            local = services_env("postgresql")
+            harness.prepare_postgresql(local["POSTGRESQL_ADMIN_URL"], db_url)
+            ports["database"] = {5432: int(local["POSTGRESQL_PORT"])}
+        else:
+            subprocess.run([SERVICES, "start", "mariadb"], check=True, stdout=subprocess.DEVNULL)
+            local = services_env("mariadb")
+            harness.prepare_mariadb(local["MARIADB_ADMIN_URL"], db_url)
+            ports["database"] = {3306: int(local["MARIADB_PORT"])}
+        if broker == "redis":
+            password = harness.parse_url(broker_url)[2]
+            self.private_redis = {"ELASTIC_AIRFLOW_CACHE": PRIVATE, "ELASTIC_AIRFLOW_REDIS_PORT": str(REDIS_PORT),
+                                  "ELASTIC_AIRFLOW_REDIS_PASSWORD": password}
+            redis_env = dict(os.environ, **self.private_redis)
+            # a Redis of an earlier run may hold another password: start afresh
+            subprocess.run([SERVICES, "stop", "redis"], env=redis_env, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run([SERVICES, "start", "redis"], env=redis_env, check=True, stdout=subprocess.DEVNULL)
+            ports["broker"] = {6379: REDIS_PORT}
+        else:
+            subprocess.run([SERVICES, "start", "rabbitmq"], check=True, stdout=subprocess.DEVNULL)
+            harness.prepare_rabbitmq(SERVICES, broker_url)
+            port = urllib.parse.urlsplit(services_env("rabbitmq")["RABBITMQ_URL"]).port
+            ports["broker"] = {5672: port}
+        timed("local %s + %s with the Secrets' credentials" % (engine, broker), t0)
+        self.home = os.path.join(tmp, "airflow-home")
+        self.map = harness.LocalMap(self.config, ports, self.home)
+        self.local_broker_url = self.map.value("AIRFLOW__CELERY__BROKER_URL", broker_url)
+        self.stack = harness.Stack(self.config, self.map, venv, self.home, os.path.join(tmp, "logs"),
+                                   os.path.join(HERE, "dags"), log_port_base)
+        self.api = harness.Api("http://127.0.0.1:%d" % api_port)
+        self.fleet = None
+
+    def migrate(self):
+        t0 = time.time()
+        argv, env = self.config.migrate()
+        self.stack.run("migrate", argv, env)
+        timed("%s (%s)" % (harness.shell_words(argv), self.engine), t0)
+
+    def start(self):
+        t0 = time.time()
+        for component in harness.COMPONENTS:
+            self.stack.start_component(component)
+        self.fleet = harness.WorkerFleet(self.stack, self.core, self.namespace,
+                                         "app.kubernetes.io/instance=%s,app.kubernetes.io/component=worker"
+                                         % self.cluster).start()
+        harness.wait_for(self.healthy, 300, "api-server health: all healthy", interval=2, stack=self.stack)
+        timed("components up, /api/v2/monitor/health all healthy (%s)" % self.engine, t0)
+
+    def healthy(self):
+        h = self.api.health()
+        self.last_health = h
+        return all(h.get(k, {}).get("status") == "healthy"
+                   for k in ("metadatabase", "scheduler", "dag_processor", "triggerer")) and h
+
+    def dag_known(self, dag_id):
+        try:
+            self.api.call("GET", "/api/v2/dags/%s" % dag_id)
+            return True
+        except RuntimeError:
+            return False
+
+    def run_dag(self, dag_id, conf, timeout=180):
+        harness.wait_for(lambda: self.dag_known(dag_id), 120, "DAG %s parsed" % dag_id, stack=self.stack)
+        self.api.unpause(dag_id)
+        run = self.api.trigger(dag_id, conf)
+        run_id = run["dag_run_id"]
+        harness.wait_for(lambda: self.api.run(dag_id, run_id)["state"] in ("success", "failed"), timeout,
+                         "run %s of %s" % (run_id, dag_id), stack=self.stack)
+        return self.api.run(dag_id, run_id)
+
+    def close(self):
+        if self.fleet is not None:
+            self.fleet.stop()
+        self.stack.stop_all()
+        if self.private_redis:
+            subprocess.run([SERVICES, "stop", "redis"], env=dict(os.environ, **self.private_redis),
+                           stdout=subprocess.DEVNULL)
+        delete_namespace(self.api_client, self.namespace)
+
+    def dump_logs(self):
+        for name in sorted(self.stack.logs):
+            sys.stdout.write("---- %s (tail)\n%s\n" % (name, self.stack.tail(name, 2500)))
+
+
+def boot(request, api, venv, varsname, engine, broker, api_port, log_port_base, tmp_path_factory):
+    import yaml
+    varsfile = os.path.join(HERE, "vars", varsname)
+    with open(varsfile) as fh:
+        v = yaml.safe_load(fh)
+    b = Boot(api, venv, varsfile, v["elastic_airflow_namespace"], v["elastic_airflow_cluster_name"], engine, broker,
+             api_port, log_port_base, str(tmp_path_factory.mktemp(engine)))
+    try:
+        b.migrate()
+        b.start()
+    except BaseException:
+        b.dump_logs()
+        b.close()
+        raise
+    return b
