@@ -96,7 +96,7 @@ test-drain: venv ## drain: unit tests, then real Redis/RabbitMQ/Celery workers a
 	pytest -q -p no:cacheprovider tests/unit/test_drain_state_machine.py tests/unit/test_celery_control.py
 	pytest -v -p no:cacheprovider --deselect tests/integration/drain/test_drain_playbook.py tests/integration/drain
 
-test-drain-playbook: venv cluster-up ## playbooks/drain.yml on the local cluster (KWOK StatefulSet pods + real Celery workers on Redis)
+test-drain-playbook: venv ## playbooks/drain.yml on a private local control plane (KWOK StatefulSet pods + real Celery workers on Redis)
 	pytest -v -s -p no:cacheprovider tests/integration/drain/test_drain_playbook.py
 
 bench-drain: venv ## seconds to drain an idle Celery worker on real Redis and RabbitMQ (target <= 5 s)

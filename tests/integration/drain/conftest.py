@@ -111,6 +111,14 @@ class Workers:
     def send(self, job_id: str, seconds: float):
         return self.app.send_task("drain_tests.work", args=(job_id, seconds), queue=self.queue)
 
+    def send_hold(self, job_id: str):
+        """A task that runs until release(job_id) (at most 120 s)."""
+        return self.app.send_task("drain_tests.hold", args=(job_id, str(self.tmp / ("gate-" + job_id))),
+                                  queue=self.queue)
+
+    def release(self, job_id: str):
+        (self.tmp / ("gate-" + job_id)).touch()
+
     def stop(self, name: str, sig=signal.SIGTERM, wait: float = 30):
         """What deleting the pod does: SIGTERM (Celery warm shutdown) to the main process."""
         proc = self.procs[name]

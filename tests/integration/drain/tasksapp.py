@@ -44,3 +44,15 @@ def work(self, job_id, seconds):
     time.sleep(seconds)
     _log("end", job_id, host, self.request.id)
     return job_id
+
+
+@app.task(bind=True, name="drain_tests.hold")
+def hold(self, job_id, gate, max_seconds=120):
+    """Run until the file `gate` exists (at most max_seconds): busy for exactly as long as a test needs."""
+    host = self.request.hostname or socket.gethostname()
+    _log("start", job_id, host, self.request.id)
+    deadline = time.time() + max_seconds
+    while not os.path.exists(gate) and time.time() < deadline:
+        time.sleep(0.2)
+    _log("end", job_id, host, self.request.id)
+    return job_id

@@ -126,7 +126,7 @@ def test_killed_drain_is_resumed_or_rolled_back(redis_url, workers_factory, coll
     (host,) = w.start(1)
     ctl = w.control
     state = tmp_path / "drain.json"
-    w.send("busy", 10)
+    w.send_hold("busy")  # runs until released: the test decides when it ends
     deadline = time.time() + 15
     while not ctl.workload([host])[host].active:
         assert time.time() < deadline
@@ -144,12 +144,19 @@ def test_killed_drain_is_resumed_or_rolled_back(redis_url, workers_factory, coll
     assert ctl.queues(host) == []
 
     if second_run == "resume":
-        rc, res = run_module(collections_path, base(redis_url, [host], state, timeout=60))
-        assert rc == 0, res
-        (entry,) = res["workers"]
+        proc = subprocess.Popen(ansible_module_cmd(base(redis_url, [host], state, timeout=60)),
+                                env=ansible_env(collections_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        time.sleep(3)
+        assert proc.poll() is None  # waiting for the running task
+        assert ctl.queues(host) == []
+        w.release("busy")
+        out, err = proc.communicate(timeout=90)
+        assert proc.returncode == 0, out + err
+        entry = json.loads(out)["plays"][0]["tasks"][0]["hosts"]["localhost"]["workers"][0]
         assert entry["state"] == "drained" and entry["resumed"] is True
         assert entry["tasks_finished"] == 1
-        assert abs(entry["seconds"] - (time.time() - rec["started"])) < 5
+        assert abs(entry["seconds"] - (time.time() - rec["started"])) < 10
         assert w.ends()["busy"] == 1
         # the task had ended before the drain was declared done
         end = [e for e in w.events() if e[0] == "end"][0]
@@ -161,6 +168,8 @@ def test_killed_drain_is_resumed_or_rolled_back(redis_url, workers_factory, coll
         rc, res = run_module(collections_path, base(redis_url, [host], state, state="restored"))
         assert rc == 0 and res["workers"][0]["state"] == "restored", res
         assert res["workers"][0]["reason"] == "aborted"
+        assert ctl.workload([host])[host].active  # its task kept running throughout
+        w.release("busy")
         w.wait_ends(1, timeout=20)
     assert [q.name for q in ctl.queues(host)] == [w.queue]
     assert host not in json.loads(state.read_text())

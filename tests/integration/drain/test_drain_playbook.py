@@ -1,8 +1,8 @@
 """playbooks/drain.yml end to end: the local Kubernetes control plane (KWOK pods of a real
 StatefulSet) plus real Celery workers on Redis whose hostnames are those pods' names.
 
-Needs the local cluster (`make cluster-up`); skipped when it is not running.
-Uses a namespace of its own and deletes it at the end.
+Runs a private control plane of its own (tests/cluster/cluster.sh with its own
+state directory and ports) and stops it again at the end.
 """
 
 import base64
@@ -18,19 +18,28 @@ import uuid
 
 import pytest
 
-from conftest import REPO, ansible_env
+from conftest import REPO, ansible_env, run_module
 
 CACHE = pathlib.Path(os.environ.get("ELASTIC_AIRFLOW_CACHE", pathlib.Path.home() / ".cache" / "elastic-airflow"))
-KUBECONFIG = CACHE / "run" / "cluster" / "kubeconfig"
+CLUSTER_SH = REPO / "tests" / "cluster" / "cluster.sh"
+# A private control plane (own state and ports, one KWOK node), so this test
+# neither depends on nor disturbs the shared one.
+STATE = CACHE / "run" / "drain-cluster"
+KUBECONFIG = STATE / "kubeconfig"
+CLUSTER_ENV = dict(os.environ, ELASTIC_AIRFLOW_CLUSTER_STATE=str(STATE),
+                   ELASTIC_AIRFLOW_CLUSTER_PORT_BASE=os.environ.get("ELASTIC_AIRFLOW_DRAIN_CLUSTER_PORT_BASE", "27643"),
+                   ELASTIC_AIRFLOW_CLUSTER_NODES="1", ELASTIC_AIRFLOW_CLUSTER_PVS="0")
 
 
-def _cluster_up():
-    if not KUBECONFIG.exists():
-        return False
-    return subprocess.run([str(REPO / "tests" / "cluster" / "cluster.sh"), "status"], capture_output=True).returncode == 0
-
-
-pytestmark = pytest.mark.skipif(not _cluster_up(), reason="the local cluster is not running (make cluster-up)")
+@pytest.fixture(scope="module", autouse=True)
+def private_cluster():
+    was_up = subprocess.run([str(CLUSTER_SH), "status"], env=CLUSTER_ENV, capture_output=True).returncode == 0
+    if not was_up:
+        proc = subprocess.run([str(CLUSTER_SH), "up"], env=CLUSTER_ENV, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    yield KUBECONFIG
+    if not was_up:
+        subprocess.run([str(CLUSTER_SH), "down"], env=CLUSTER_ENV, capture_output=True)
 
 
 @pytest.fixture
@@ -80,6 +89,7 @@ def _deploy(core, apps, ns, name, redis_url):
 
 def run_drain(ns, name, collections_path, *args, **extra):
     vars_ = {"elastic_airflow_namespace": ns, "elastic_airflow_cluster_name": name,
+             "elastic_airflow_kubeconfig": str(KUBECONFIG),
              "elastic_airflow_drain_poll_interval": 0.5, "elastic_airflow_no_log": False}
     vars_.update(extra)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
@@ -162,8 +172,14 @@ def test_drain_playbook_scales_down_exactly_the_drained_workers(kube, deployed, 
     assert len(ends) == 12 and set(ends.values()) == {1} and set(starts.values()) == {1}
     print("\ndrain.yml removed 2 busy workers in %.1fs" % took)
 
-    # a drain that times out: worker-0 busy for 10 s, timeout 2 s -> kept, consumes again, replicas unchanged
-    w.send("long", 10)
+    # the module on a pod that is already gone: a clean no-op
+    rc, res = run_module(collections_path, {"broker_url": url, "namespace": ns, "kubeconfig": str(KUBECONFIG),
+                                            "workers": [name + "-worker-2"], "delete_pod": True})
+    assert rc == 0 and res["changed"] is False and res["workers"][0]["state"] == "gone", res
+
+    # a drain that times out: worker-0 busy until released, timeout 2 s -> kept, consumes again,
+    # replicas unchanged
+    w.send_hold("long")
     deadline = time.time() + 15
     while not ctl.workload(hosts[:1])[hosts[0]].active:
         assert time.time() < deadline
@@ -174,4 +190,26 @@ def test_drain_playbook_scales_down_exactly_the_drained_workers(kube, deployed, 
     assert [q.name for q in ctl.queues(hosts[0])] == [w.queue]
     pod = kube[0].read_namespaced_pod(name + "-worker-0", ns)
     assert "elastic-airflow.io/drain" not in (pod.metadata.annotations or {})
+    assert ctl.workload(hosts[:1])[hosts[0]].active  # still running its task
+    w.release("long")
     w.wait_ends(13, timeout=30)
+
+    # the module with delete_pod: the drained pod is deleted by uid (the StatefulSet makes a new one, unannotated)
+    old_uid = kube[0].read_namespaced_pod(name + "-worker-0", ns).metadata.uid
+    rc, res = run_module(collections_path, {"broker_url": url, "namespace": ns, "kubeconfig": str(KUBECONFIG),
+                                            "label_selectors": ["app.kubernetes.io/instance=" + name],
+                                            "delete_pod": True, "poll_interval": 0.5})
+    assert rc == 0 and res["changed"] is True, res
+    assert [(e["worker"], e["state"]) for e in res["workers"]] == [(name + "-worker-0", "deleted")]
+    assert ctl.queues(hosts[0]) == []
+    deadline = time.time() + 60
+    while True:
+        try:
+            pod = kube[0].read_namespaced_pod(name + "-worker-0", ns)
+            if pod.metadata.uid != old_uid and not pod.metadata.deletion_timestamp:
+                break
+        except Exception:  # noqa: BLE001 - between delete and re-create
+            pass
+        assert time.time() < deadline, "pod not replaced"
+        time.sleep(0.5)
+    assert "elastic-airflow.io/drain" not in (pod.metadata.annotations or {})
