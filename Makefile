@@ -101,3 +101,16 @@ test-drain-playbook: venv ## playbooks/drain.yml on a private local control plan
 
 bench-drain: venv ## seconds to drain an idle Celery worker on real Redis and RabbitMQ (target <= 5 s)
 	$(PY) benchmarks/bench_drain.py
+
+# ---- elastic_worker (ElasticWorker controller) --------------------------------
+.PHONY: test-elastic bench-controller
+test-elastic: venv ## ElasticWorker controller: unit tests, then cluster + real Celery/Redis tests (needs `make cluster-up`)
+	pytest -v -p no:cacheprovider tests/unit/test_elastic_reconcile.py
+	$(CLUSTER) status >/dev/null || $(CLUSTER) up
+	tests/services/services.sh start redis
+	pytest -v -p no:cacheprovider tests/integration/elastic
+
+bench-controller: venv ## ElasticWorker controller: one reconcile over 1,000 pods (CPU, API calls, RSS) + scale-in latency
+	$(CLUSTER) status >/dev/null || $(CLUSTER) up
+	tests/services/services.sh start redis
+	python benchmarks/bench_controller.py

@@ -58,15 +58,20 @@ class ApiCounter:
         self._lock = threading.Lock()
         original = api_client.call_api
 
-        def counted(resource_path, method, *args, **kwargs):
-            query = dict(kwargs.get("query_params") or [])
+        def counted(resource_path, method, path_params=None, query_params=None, *args, **kwargs):
+            query = dict(query_params or [])
             verb = method.upper()
             if verb == "GET":
-                verb = "WATCH" if query.get("watch") else ("GET" if "{name}" in resource_path else "LIST")
-            key = "%s %s" % (verb, resource_path.rsplit("/", 1)[-1].strip("{}") or resource_path)
+                verb = "WATCH" if query.get("watch") else ("GET" if resource_path.endswith("{name}") else "LIST")
+            path = resource_path
+            for name, value in (path_params or {}).items():
+                if name not in ("name", "namespace"):
+                    path = path.replace("{%s}" % name, str(value))
+            parts = [p for p in path.split("/") if p and not p.startswith("{")]
+            key = "%s %s" % (verb, "/".join(parts[-2:]) if parts and parts[-1] in ("status", "scale") else parts[-1])
             with self._lock:
                 self.counts[key] += 1
-            return original(resource_path, method, *args, **kwargs)
+            return original(resource_path, method, path_params, query_params, *args, **kwargs)
 
         api_client.call_api = counted
 
@@ -94,6 +99,12 @@ def _parse_time(value):
         return value.timestamp()
     text = str(value).replace("Z", "+00:00")
     return datetime.datetime.fromisoformat(text).timestamp()
+
+
+def _slim(obj):
+    """Drop what the controller never reads (managedFields are most of an object's size)."""
+    obj.get("metadata", {}).pop("managedFields", None)
+    return obj
 
 
 class Informer:
@@ -161,6 +172,10 @@ class Informer:
     def _list(self):
         response = self._list_call(_preload_content=False)
         body = json.loads(response.data)
+        response.release_conn()
+        del response
+        for obj in body.get("items") or []:
+            _slim(obj)
         self.lists += 1
         with self._lock:
             self._items = dict((self.key(o), o) for o in body.get("items") or [])
@@ -208,6 +223,7 @@ class Informer:
                             return None  # expired: list again
                         raise RuntimeError("watch error: %s" % obj.get("message"))
                     version = obj["metadata"].get("resourceVersion", version)
+                    _slim(obj)
                     if kind == "BOOKMARK":
                         continue
                     with self._lock:
