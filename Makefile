@@ -102,6 +102,41 @@ test-drain-playbook: venv ## playbooks/drain.yml on a private local control plan
 bench-drain: venv ## seconds to drain an idle Celery worker on real Redis and RabbitMQ (target <= 5 s)
 	$(PY) benchmarks/bench_drain.py
 
+# --- monitoring and metrics_adapter layers (issue 3) ---------------------------
+TESTS += test-monitoring
+.PHONY: test-monitoring monitoring-tools
+
+# Prometheus v3.5.0 is the Go module version v0.305.0.
+PROMETHEUS_VERSION := 3.5.0
+PROMETHEUS_MODULE_VERSION := v0.305.0
+STATSD_EXPORTER_VERSION := v0.28.0
+PROMTOOL_BIN := $(CACHE)/tools/promtool-v$(PROMETHEUS_VERSION)/promtool
+STATSD_EXPORTER_BIN := $(CACHE)/tools/statsd_exporter-$(STATSD_EXPORTER_VERSION)/statsd_exporter
+
+# Built once from the Go module proxy and cached. Debian's promtool cannot
+# check our prometheus.yml (it is built without Kubernetes service discovery),
+# and promtool cannot be `go install`ed (Prometheus's go.mod has a replace
+# directive): build it in a throwaway main module with the same replace.
+$(PROMTOOL_BIN):
+	@set -e; mkdir -p $(@D); d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; cd "$$d"; \
+	printf 'module promtool-build\n\ngo 1.24\n\nreplace github.com/fsnotify/fsnotify v1.8.0 => github.com/fsnotify/fsnotify v1.7.0\n' > go.mod; \
+	echo "building promtool $(PROMETHEUS_VERSION) (cold: several minutes)"; \
+	go get github.com/prometheus/prometheus/cmd/promtool@$(PROMETHEUS_MODULE_VERSION); \
+	CGO_ENABLED=0 go build -trimpath -o $@.tmp \
+	  -ldflags "-X github.com/prometheus/common/version.Version=$(PROMETHEUS_VERSION)" \
+	  github.com/prometheus/prometheus/cmd/promtool; \
+	mv $@.tmp $@
+
+$(STATSD_EXPORTER_BIN):
+	GOBIN=$(@D) CGO_ENABLED=0 go install -trimpath \
+	  -ldflags "-X github.com/prometheus/common/version.Version=$(STATSD_EXPORTER_VERSION:v%=%)" \
+	  github.com/prometheus/statsd_exporter@$(STATSD_EXPORTER_VERSION)
+
+monitoring-tools: $(PROMTOOL_BIN) $(STATSD_EXPORTER_BIN) ## build promtool and statsd_exporter (cached)
+
+test-monitoring: venv monitoring-tools ## dashboards vs scraped metrics, promtool check config/rules, statsd mapping in statsd_exporter
+	PROMTOOL=$(PROMTOOL_BIN) STATSD_EXPORTER=$(STATSD_EXPORTER_BIN) pytest -v -p no:cacheprovider tests/unit/test_dashboards.py
+
 # ---- elastic_worker (ElasticWorker controller) --------------------------------
 .PHONY: test-elastic bench-controller
 test-elastic: venv ## ElasticWorker controller: unit tests, then cluster + real Celery/Redis tests (needs `make cluster-up`)
