@@ -173,6 +173,7 @@ def test_build_pod_owns_and_labels():
     ref = manifest["metadata"]["ownerReferences"][0]
     assert ref["uid"] == "u-1" and ref["controller"] and ref["kind"] == "ElasticWorker"
     assert manifest["spec"]["containers"][0]["image"] == "airflow"
+    assert manifest["spec"]["hostname"] == "w-abcde"
 
 
 def test_selector_string_and_match():

@@ -190,8 +190,10 @@ def build_pod(ew, name):
     labels[OWNER_LABEL] = meta["name"]
     annotations = dict(tmeta.get("annotations") or {})
     pod_spec = dict(template.get("spec") or {})
-    # The pod's hostname is its name: the Celery node is celery@<pod name>.
-    pod_spec.pop("hostname", None)
+    # The pod's hostname is its name: the worker runs --celery-hostname
+    # "$(hostname)", so its Celery node is celery@<pod name>, and with the
+    # template's subdomain <pod>.<c>-worker resolves (log serving).
+    pod_spec["hostname"] = name
     return {
         "apiVersion": "v1",
         "kind": "Pod",
