@@ -149,3 +149,17 @@ bench-controller: venv ## ElasticWorker controller: one reconcile over 1,000 pod
 	$(CLUSTER) status >/dev/null || $(CLUSTER) up
 	tests/services/services.sh start redis
 	python benchmarks/bench_controller.py
+
+# --- Real Airflow 3 end to end (issue 6) ------------------------------------------
+TESTS += test-e2e
+.PHONY: test-e2e
+
+# Deploys site.yml twice (namespaces e2e-pg, e2e-my; the second in the
+# background during the first's tests), reads the configuration back from the
+# API server and runs real Airflow 3.3.2 locally with it, from a separate venv
+# ($(CACHE)/airflow-venv-<hash>). Starts PostgreSQL, MariaDB and RabbitMQ if
+# they are not running (and stops what it started) and a private Redis.
+# ELASTIC_AIRFLOW_E2E_KUBECONFIG points it at another cluster.
+test-e2e: venv collection-link cluster-up ## real Airflow 3 from site.yml's config: PostgreSQL+Redis (health, DAG run, SIGKILLed worker, safe scale-in), MariaDB+RabbitMQ
+	tests/integration/e2e/airflow_venv.sh >/dev/null
+	pytest -v -s -p no:cacheprovider tests/integration/e2e/test_postgresql_redis.py tests/integration/e2e/test_mysql_rabbitmq.py
