@@ -57,25 +57,72 @@ def airflow_venv():
     return out.stdout.strip()
 
 
+_started_services = []  # what this session started, and stops at its end
+
+
+def start_service(name):
+    if subprocess.run([SERVICES, "status", name], stdout=subprocess.DEVNULL).returncode != 0:
+        _started_services.append(name)
+    subprocess.run([SERVICES, "start", name], check=True, stdout=subprocess.DEVNULL)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def report_timings():
     t0 = time.time()
     yield
+    for proc, _, _ in _deploys.values():  # a deploy whose tests did not run (-x)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+    for name in _started_services:
+        subprocess.run([SERVICES, "stop", name], stdout=subprocess.DEVNULL)
     lines = ["%-58s %6.1f s" % (w, s) for w, s in TIMINGS]
     sys.stdout.write("\n\ne2e timings:\n  " + "\n  ".join(lines) + "\n  %-58s %6.1f s\n" % (
         "total (session)", time.time() - t0))
 
 
-def deploy(varsfile):
-    """site.yml with the test's variables (ansible-playbook and the collection path come from `make`)."""
-    t0 = time.time()
-    out = subprocess.run(
+# site.yml of the next module runs in the background while the tests of the
+# one before it run (they mostly wait for Airflow), in this order.
+DEPLOY_ORDER = ["postgresql-redis.yml", "mysql-rabbitmq.yml"]
+MODULE_VARS = {"test_postgresql_redis.py": "postgresql-redis.yml", "test_mysql_rabbitmq.py": "mysql-rabbitmq.yml"}
+_deploys = {}  # vars file name -> (Popen, start time, log path)
+
+
+def _start_deploy(name):
+    log = os.path.join(PRIVATE, "site-%s.log" % name)
+    os.makedirs(PRIVATE, exist_ok=True)
+    fh = open(log, "w")
+    proc = subprocess.Popen(
         ["ansible-playbook", "-i", os.path.join(ROOT, "inventories", "local"),
-         os.path.join(ROOT, "playbooks", "site.yml"), "-e", "@" + varsfile,
+         os.path.join(ROOT, "playbooks", "site.yml"), "-e", "@" + os.path.join(HERE, "vars", name),
          "-e", "elastic_airflow_kubeconfig=" + KUBECONFIG],
-        cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, "site.yml failed:\n" + out.stdout[-6000:] + out.stderr[-2000:]
-    timed("site.yml (%s)" % os.path.basename(varsfile), t0)
+        cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    fh.close()
+    _deploys[name] = (proc, time.time(), log)
+
+
+def deploy(varsfile, wanted=()):
+    """site.yml with the test's variables (ansible-playbook and the collection path come from `make`);
+    then starts the deploy of the next wanted vars file in the background."""
+    name = os.path.basename(varsfile)
+    if name not in _deploys:
+        _start_deploy(name)
+    proc, t0, log = _deploys[name]
+    rc = proc.wait()
+    with open(log) as fh:
+        text = fh.read()
+    assert rc == 0, "site.yml failed:\n" + text[-8000:]
+    timed("site.yml (%s), from its start" % name, t0)
+    later = DEPLOY_ORDER[DEPLOY_ORDER.index(name) + 1:] if name in DEPLOY_ORDER else []
+    for nxt in later:
+        if nxt in wanted and nxt not in _deploys:
+            _start_deploy(nxt)
+            break
+
+
+def wanted_vars(session):
+    return {MODULE_VARS[os.path.basename(str(item.fspath))] for item in session.items
+            if os.path.basename(str(item.fspath)) in MODULE_VARS}
 
 
 def delete_namespace(api, namespace):
@@ -90,7 +137,8 @@ def delete_namespace(api, namespace):
 class Boot:
     """A deployed cluster running as local Airflow processes."""
 
-    def __init__(self, api, venv, varsfile, namespace, cluster, engine, broker, api_port, log_port_base, tmp):
+    def __init__(self, api, venv, varsfile, namespace, cluster, engine, broker, api_port, log_port_base, tmp,
+                 wanted=()):
         import yaml
         self.api_client, self.namespace, self.cluster = api, namespace, cluster
         self.core = client.CoreV1Api(api)
@@ -98,7 +146,7 @@ class Boot:
         self.engine, self.broker = engine, broker
         self.tmp = tmp
         self.private_redis = None
-        deploy(varsfile)
+        deploy(varsfile, wanted)
         with open(varsfile) as fh:
             self.vars = yaml.safe_load(fh)
         t0 = time.time()
@@ -109,12 +157,12 @@ class Boot:
         ports = {"api-server": {8080: api_port}, "statsd": {9125: 19125},
                  "worker": {8793: log_port_base}, "flower": {5555: api_port + 1000}}
         if engine == "postgresql":
-            subprocess.run([SERVICES, "start", "postgresql"], check=True, stdout=subprocess.DEVNULL)
+            start_service("postgresql")
             local = services_env("postgresql")
             harness.prepare_postgresql(local["POSTGRESQL_ADMIN_URL"], db_url)
             ports["database"] = {5432: int(local["POSTGRESQL_PORT"])}
         else:
-            subprocess.run([SERVICES, "start", "mariadb"], check=True, stdout=subprocess.DEVNULL)
+            start_service("mariadb")
             local = services_env("mariadb")
             harness.prepare_mariadb(local["MARIADB_ADMIN_URL"], db_url)
             ports["database"] = {3306: int(local["MARIADB_PORT"])}
@@ -128,7 +176,7 @@ class Boot:
             subprocess.run([SERVICES, "start", "redis"], env=redis_env, check=True, stdout=subprocess.DEVNULL)
             ports["broker"] = {6379: REDIS_PORT}
         else:
-            subprocess.run([SERVICES, "start", "rabbitmq"], check=True, stdout=subprocess.DEVNULL)
+            start_service("rabbitmq")
             harness.prepare_rabbitmq(SERVICES, broker_url)
             port = urllib.parse.urlsplit(services_env("rabbitmq")["RABBITMQ_URL"]).port
             ports["broker"] = {5672: port}
@@ -199,7 +247,7 @@ def boot(request, api, venv, varsname, engine, broker, api_port, log_port_base, 
     with open(varsfile) as fh:
         v = yaml.safe_load(fh)
     b = Boot(api, venv, varsfile, v["elastic_airflow_namespace"], v["elastic_airflow_cluster_name"], engine, broker,
-             api_port, log_port_base, str(tmp_path_factory.mktemp(engine)))
+             api_port, log_port_base, str(tmp_path_factory.mktemp(engine)), wanted_vars(request.session))
     try:
         b.migrate()
         b.start()
