@@ -8,6 +8,7 @@ read the cluster back.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -59,11 +60,14 @@ def run_playbook(playbook: str, *args: str, extra_vars: dict | None = None, time
     return Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start)
 
 
+@functools.lru_cache(maxsize=1)
+def _kubectl_bin() -> str:
+    bin_dir = subprocess.run([str(REPO / "tests" / "cluster" / "build.sh")], capture_output=True, text=True, check=True).stdout
+    return str(pathlib.Path(bin_dir.strip()) / "kubectl")
+
+
 def kubectl(*args: str) -> str:
-    kubectl_bin = pathlib.Path(
-        subprocess.run([str(REPO / "tests" / "cluster" / "build.sh")], capture_output=True, text=True, check=True).stdout.strip()
-    ) / "kubectl"
-    proc = subprocess.run([str(kubectl_bin), "--kubeconfig", str(kubeconfig()), *args], capture_output=True, text=True)
+    proc = subprocess.run([_kubectl_bin(), "--kubeconfig", str(kubeconfig()), *args], capture_output=True, text=True)
     if proc.returncode:
         raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
     return proc.stdout
@@ -74,16 +78,27 @@ def kubectl(*args: str) -> str:
 VOLATILE = {"events", "events.events.k8s.io", "leases.coordination.k8s.io"}
 
 
-def cluster_snapshot() -> dict[str, str]:
-    """(kind/namespace/name) -> resourceVersion of every object a run could touch."""
-    snapshot: dict[str, str] = {}
+@functools.lru_cache(maxsize=1)
+def _listable_resources() -> tuple[list[str], list[str]]:
     namespaced = [r for r in kubectl("api-resources", "--verbs=list", "--namespaced=true", "-o", "name").split() if r not in VOLATILE]
     cluster_scoped = [
         r for r in kubectl("api-resources", "--verbs=list", "--namespaced=false", "-o", "name").split()
         if r not in VOLATILE and r not in {"nodes", "componentstatuses"} and not r.startswith(("tokenreviews", "selfsubject"))
     ]
-    for scope, resources in (("-A", namespaced), ("", cluster_scoped)):
-        items = json.loads(kubectl("get", ",".join(resources), *([scope] if scope else []), "-o", "json"))["items"]
+    return namespaced, cluster_scoped
+
+
+def cluster_snapshot() -> dict[str, str]:
+    """(kind/namespace/name) -> resourceVersion of every object a run could
+    touch: all cluster-scoped objects (a new namespace shows there), and all
+    objects in the cluster's namespace and in kube-system (the metrics
+    adapter's RoleBinding). Other namespaces belong to other tests."""
+    snapshot: dict[str, str] = {}
+    namespaced, cluster_scoped = _listable_resources()
+    scopes = [("-n", NAMESPACE), ("-n", "kube-system"), None]
+    for scope in scopes:
+        resources = namespaced if scope else cluster_scoped
+        items = json.loads(kubectl("get", ",".join(resources), *(scope or ()), "-o", "json"))["items"]
         for item in items:
             meta = item["metadata"]
             snapshot[f"{item['kind']}/{meta.get('namespace', '')}/{meta['name']}"] = meta["resourceVersion"]
