@@ -275,7 +275,7 @@ def test_pod_annotation_store():
     assert store.get("w-0") is None and store.exists("w-0")
     store.put("w-0", {"phase": "draining"})
     assert api.pods["w-0"].metadata.annotations[ks.ANNOTATION] == '{"phase":"draining"}'
-    assert api.patches[-1][2] == {"_content_type": "application/merge-patch+json"}
+    assert api.patches[-1][2] == {}  # a dict body: the client sends a strategic merge patch
     assert store.get("w-0") == {"phase": "draining"}
     store.delete("w-0")
     assert store.get("w-0") is None
@@ -316,14 +316,89 @@ def test_pod_annotation_store_errors():
         ks.pod_uid(Broken(), "ns", "w")
 
 
-def test_pod_annotation_store_old_client_without_content_type():
-    class Old(FakeCore):
+def test_pod_annotation_store_sends_no_content_type_argument():
+    # kubernetes client 33 rejects unknown keywords such as _content_type
+    # (ApiTypeError, a TypeError): the store must not pass one.
+    class Strict(FakeCore):
         def patch_namespaced_pod(self, name, namespace, body, **kw):
             if kw:
-                raise TypeError("unexpected keyword")
+                raise TypeError("Got an unexpected keyword argument %r" % sorted(kw))
             return super().patch_namespaced_pod(name, namespace, body)
 
-    api = Old()
-    api.pods["w"] = Pod()
-    ks.PodAnnotationStore(api, "ns").put("w", {"phase": "drained"})
-    assert api.patches[-1][2] == {}
+    api = Strict()
+    api.pods["w"] = Pod(annotations={"keep": "me"})
+    store = ks.PodAnnotationStore(api, "ns")
+    store.put("w", {"phase": "drained"})
+    assert api.pods["w"].metadata.annotations == {"keep": "me", ks.ANNOTATION: '{"phase":"drained"}'}
+    store.delete("w")
+    assert api.pods["w"].metadata.annotations == {"keep": "me"}
+
+
+def test_concurrency_reads_pool_size_of_answering_workers():
+    c, app = client()
+    app.control.inspect_data = {"stats": {H: {"pool": {"max-concurrency": 16}}, "celery@w-1": {"pool": {}},
+                                          "celery@w-2": "junk"}}
+    assert c.concurrency([H, "celery@w-1", "celery@w-2", "celery@w-3"]) == {H: 16}
+    _, _, kw = [s for s in app.control.sent if s[0] == "inspect"][-1]
+    assert kw["destination"] == [H, "celery@w-1", "celery@w-2", "celery@w-3"] and kw["limit"] == 4
+    app.control.inspect_data = {}
+    assert c.concurrency(H) == {}
+
+
+class ChanErr(Exception):
+    pass
+
+
+class FakeChannel:
+    def __init__(self, conn):
+        self.conn = conn
+        self.closed = False
+
+    def queue_declare(self, queue, passive):
+        assert passive
+        if self.conn.declare_error:
+            raise self.conn.declare_error
+        if queue not in self.conn.queues:
+            raise ChanErr("NOT_FOUND - no queue %r" % queue)
+        return type("Ok", (), {"message_count": self.conn.queues[queue]})()
+
+    def close(self):
+        self.closed = True
+
+
+class QueueConn(FakeConn):
+    channel_errors = (ChanErr,)
+
+    def __init__(self, queues, declare_error=None):
+        super().__init__()
+        self.queues = queues
+        self.declare_error = declare_error
+        self.channels = []
+
+    def channel(self):
+        self.channels.append(FakeChannel(self))
+        return self.channels[-1]
+
+
+def test_queue_length_sums_known_queues_and_counts_missing_ones_as_empty():
+    conn = QueueConn({"default": 3, "high": 2})
+    c, _ = client(conn=conn)
+    assert c.queue_length(["default", "missing", "high", "default"]) == 5
+    # one channel per queue (AMQP closes the channel of a failed passive declare), all closed
+    assert len(conn.channels) == 3 and all(ch.closed for ch in conn.channels)
+    with pytest.raises(ValueError):
+        c.queue_length([])
+
+
+def test_queue_length_maps_a_lost_broker_and_keeps_other_errors():
+    conn = QueueConn({}, declare_error=ConnErr("reset"))
+    c, _ = client(conn=conn)
+    with pytest.raises(cc.BrokerUnreachable, match="lost the Celery broker"):
+        c.queue_length(["default"])
+    assert conn.released == 1  # the connection is dropped and made again next time
+    c, _ = client(conn=QueueConn({}, declare_error=KeyError("bug")))
+    with pytest.raises(KeyError):
+        c.queue_length(["default"])
+    c, _ = client(conn=FakeConn(fail=ConnErr("refused")))
+    with pytest.raises(cc.BrokerUnreachable, match="cannot reach"):
+        c.queue_length(["default"])

@@ -13,6 +13,8 @@ exactly ``timeout`` seconds.
     ctl.ping(["celery@worker-0"])            -> {"celery@worker-0": True}
     ctl.workload(["celery@worker-0"])        -> {"celery@worker-0": WorkerLoad(...)}
     ctl.queues("celery@worker-0")            -> [QueueRef("default", ...)]
+    ctl.concurrency(["celery@worker-0"])     -> {"celery@worker-0": 16}
+    ctl.queue_length(["default"])            -> 3   (messages waiting in the broker)
     ctl.cancel_consumer("celery@worker-0", ["default"])
     ctl.add_consumer("celery@worker-0", [QueueRef("default", ...)])
     ctl.close()
@@ -261,6 +263,61 @@ class CeleryControl:
                 ids = {m: tuple(i for i in (_task_id(e) for e in (parts[m][h] or [])) if i) for m in parts}
                 out[h] = WorkerLoad(ids["active"], ids["reserved"], ids["scheduled"])
         return out
+
+    def concurrency(self, hostnames: Union[str, Iterable[str]]) -> Dict[str, int]:
+        """{hostname: pool size} (``stats()['pool']['max-concurrency']``) of the workers that answered.
+
+        A worker missing from the result did not answer, or its pool reports no size.
+        """
+        hosts = self._hosts(hostnames)
+        stats = self._inspect(hosts, "stats")
+        out = {}
+        for h in hosts:
+            pool = ((stats.get(h) or {}).get("pool") or {}) if isinstance(stats.get(h), dict) else {}
+            size = pool.get("max-concurrency")
+            if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+                out[h] = size
+        return out
+
+    def queue_length(self, queues: Iterable[str]) -> int:
+        """Messages waiting in the broker for these queues, summed.
+
+        A queue the broker does not know (never declared, or on Redis: empty,
+        its list key does not exist) counts 0. Raises BrokerUnreachable when
+        the broker cannot be reached.
+        """
+        names = [q for q in dict.fromkeys(QueueRef.from_any(q).name for q in queues) if q]
+        if not names:
+            raise ValueError("at least one queue name is required")
+        conn = self._connection()
+        total = 0
+        try:
+            for name in names:
+                # A channel of its own per queue: on AMQP a passive declare of
+                # a missing queue closes the channel it ran on.
+                channel = conn.channel()
+                try:
+                    total += int(channel.queue_declare(queue=name, passive=True).message_count or 0)
+                except Exception as exc:
+                    if conn.connection_errors and isinstance(exc, tuple(conn.connection_errors)):
+                        raise
+                    if not (conn.channel_errors and isinstance(exc, tuple(conn.channel_errors))):
+                        raise
+                    # no such queue: nothing waits in it
+                finally:
+                    try:
+                        channel.close()
+                    except Exception:  # pragma: no cover - a channel the broker already closed
+                        pass
+        except CeleryControlError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, (OSError, socket.error)) or (
+                    conn.connection_errors and isinstance(exc, tuple(conn.connection_errors))):
+                self.close()
+                raise BrokerUnreachable("lost the Celery broker %s: %s" % (self.safe_broker_url, exc)) from exc
+            raise
+        return total
 
     def queues(self, hostname: str) -> List[QueueRef]:
         """The queues the worker currently consumes from (raises NoReply if it does not answer)."""

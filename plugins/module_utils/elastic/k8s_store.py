@@ -28,8 +28,8 @@ def _status(exc) -> Optional[int]:
 class PodAnnotationStore(StateStore):
     """A :class:`~.drain.StateStore` keyed by pod name in one namespace.
 
-    ``api``: a ``kubernetes.client.CoreV1Api``. Patches are JSON merge patches
-    of ``metadata.annotations`` only (a null value removes the annotation), so
+    ``api``: a ``kubernetes.client.CoreV1Api``. Patches touch
+    ``metadata.annotations`` only (a null value removes the annotation), so
     nothing else of the pod is touched.
     """
 
@@ -49,10 +49,11 @@ class PodAnnotationStore(StateStore):
             raise
 
     def _patch(self, pod: str, value: Optional[str]) -> None:
+        # The generated client sends a dict body as a strategic merge patch
+        # (it has no _content_type argument); for metadata.annotations that is
+        # a plain merge, and a null value removes the key.
         body = {"metadata": {"annotations": {self.annotation: value}}}
         try:
-            self.api.patch_namespaced_pod(pod, self.namespace, body, _content_type="application/merge-patch+json")
-        except TypeError:  # very old clients without _content_type: strategic merge also nulls the key
             self.api.patch_namespaced_pod(pod, self.namespace, body)
         except Exception as exc:
             if _status(exc) == 404:
