@@ -24,10 +24,15 @@ def ew(replicas=None, low=1, high=5, policy=None, name="w", uid="u-1"):
     return {"metadata": {"name": name, "namespace": "ns", "uid": uid, "generation": 3}, "spec": spec}
 
 
+CURRENT = r.template_hash(ew()["spec"]["template"])  # every ew() has the same template
+
+
 def pod(name, phase="Running", ready=True, created="2024-01-01T00:00:00Z", labels=None,
-        uid="u-1", deleting=False):
+        uid="u-1", deleting=False, template=CURRENT):
     meta = {"name": name, "creationTimestamp": created, "labels": labels or {"app": "w"},
             "ownerReferences": [{"uid": uid, "controller": True}]}
+    if template:
+        meta["annotations"] = {r.TEMPLATE_HASH_ANNOTATION: template}
     if deleting:
         meta["deletionTimestamp"] = "2024-01-01T00:05:00Z"
     return {"metadata": meta, "status": {"phase": phase, "conditions": [
@@ -264,3 +269,162 @@ def test_target_bounds_intersect():
     desired, _, _ = r.autoscale(SPEC, {}, 2, 800, now=0, target_bounds=(2, 6))
     assert desired == 6
     assert r.autoscale(SPEC, {}, 1, 0, now=0, target_bounds=(2, 6))[0] == 2
+
+
+# ---------------------------------------------------------------- rolling update
+
+
+OLD = "0ld0ld0ld0"
+
+
+def cond(p, type_):
+    return [c for c in p.status["conditions"] if c["type"] == type_][0]
+
+
+def test_template_hash_is_stable_and_follows_the_template():
+    e = ew(1)
+    t = e["spec"]["template"]
+    assert r.template_hash(t) == r.template_hash(dict(reversed(list(t.items()))))
+    changed = {"metadata": dict(t["metadata"], annotations={"checksum/airflow-env": "abc"}), "spec": t["spec"]}
+    assert r.template_hash(changed) != r.template_hash(t)
+    manifest = r.build_pod(e, "w-abcde")
+    assert manifest["metadata"]["annotations"][r.TEMPLATE_HASH_ANNOTATION] == r.template_hash(t) == CURRENT
+    # the stamp is the controller's, not part of the template it hashes
+    assert r.TEMPLATE_HASH_ANNOTATION not in (t["metadata"].get("annotations") or {})
+
+
+def test_outdated_pods_get_one_surge_pod_first():
+    pods = [pod("w-a", template=OLD), pod("w-b", template=OLD)]
+    p = plan(ew(2), pods, {"w-a": IDLE, "w-b": IDLE})
+    assert len(p.create) == 1 and not p.drain and not p.delete
+    assert "surge pod" in p.rollout[0]
+    up = cond(p, "UpToDate")
+    assert up["status"] == "False" and up["reason"] == "RollingUpdate"
+    assert p.status["updatedReplicas"] == 0 and p.status["templateHash"] == CURRENT
+    assert cond(p, "ScaleInBlocked")["status"] == "False"
+
+
+def test_unstamped_pods_are_outdated():
+    p = plan(ew(1), [pod("w-a", template=None)], {"w-a": IDLE})
+    assert len(p.create) == 1
+
+
+def test_rollout_waits_until_the_surge_pod_is_ready():
+    pods = [pod("w-a", template=OLD), pod("w-b", template=OLD), pod("w-new", phase="Pending", ready=False)]
+    p = plan(ew(2), pods, {"w-a": IDLE, "w-b": IDLE})
+    assert not p.changed and "w-new to be Ready" in p.rollout[0]
+
+
+def test_rollout_drains_one_outdated_worker_idle_first():
+    pods = [pod("w-a", template=OLD, created="1"), pod("w-b", template=OLD, created="2"), pod("w-new", created="3")]
+    p = plan(ew(2), pods, {"w-a": BUSY, "w-b": IDLE, "w-new": IDLE})
+    assert p.drain == ["w-b"] and not p.delete and not p.create
+
+
+def test_rollout_drains_busy_workers_and_never_deletes_them():
+    pods = [pod("w-a", template=OLD, created="1"), pod("w-b", template=OLD, created="2"), pod("w-new", created="3")]
+    for policy in (None, {"type": "Immediate"}, {"type": "Disabled"}):
+        p = plan(ew(2, policy=policy), pods, {"w-a": BUSY, "w-b": BUSY, "w-new": IDLE})
+        assert p.drain == ["w-a"] and not p.delete and not p.create  # the oldest, through a drain
+
+
+def test_rollout_is_one_at_a_time():
+    # w-a is being drained: no second surge pod, no second drain
+    pods = [pod("w-a", template=OLD), pod("w-b", template=OLD), pod("w-new")]
+    p = plan(ew(2), pods, {"w-a": BUSY, "w-b": IDLE, "w-new": IDLE}, {"w-a": r.DRAIN_ACTIVE})
+    assert not p.changed and "waits for the drain of w-a" in p.rollout[0]
+
+
+def test_rollout_replaces_drained_pod_and_continues():
+    pods = [pod("w-a", template=OLD), pod("w-b", template=OLD), pod("w-new")]
+    p = plan(ew(2), pods, {"w-b": IDLE, "w-new": IDLE}, {"w-a": r.DRAIN_DONE})
+    assert p.delete == [("w-a", "drained")]
+    assert len(p.create) == 1 and not p.drain  # next surge pod for w-b
+
+
+def test_rollout_waits_when_celery_cannot_be_asked_or_workers_do_not_answer():
+    pods = [pod("w-a", template=OLD), pod("w-b", template=OLD)]
+    p = r.plan_elastic_worker(ew(2), pods, None, {})
+    assert not p.changed and "could not be asked" in p.rollout[0]
+    pods.append(pod("w-new"))
+    p = plan(ew(2), pods, {"w-new": IDLE})
+    assert not p.changed and "do not answer" in p.rollout[0]
+
+
+def test_outdated_pods_that_never_started_are_replaced_at_once():
+    pods = [pod("w-a"), pod("w-p", phase="Pending", ready=False, template=OLD)]
+    p = plan(ew(2), pods, {"w-a": IDLE})
+    assert p.delete == [("w-p", "outdated pod that never started")] and len(p.create) == 1 and not p.drain
+
+
+def test_scale_in_prefers_outdated_idle_workers():
+    pods = [pod("w-a", template=OLD, created="1"), pod("w-b", created="2"), pod("w-c", created="3"),
+            pod("w-d", template=OLD, created="4")]
+    p = plan(ew(1), pods, {n: IDLE for n in ("w-a", "w-b", "w-c", "w-d")})
+    assert p.drain == ["w-d", "w-a", "w-c"]
+
+
+def test_up_to_date_when_every_pod_has_the_current_template():
+    p = plan(ew(2), [pod("w-a"), pod("w-b")], {"w-a": IDLE, "w-b": IDLE})
+    up = cond(p, "UpToDate")
+    assert up["status"] == "True" and p.status["updatedReplicas"] == 2
+
+
+def _simulate(desired, n_old, busy_for, policy=None, max_passes=200):
+    """Run plan_elastic_worker pass after pass on a little simulated world.
+
+    A new pod is Pending for one pass, then Running and Ready. A drain takes
+    effect the pass after it starts and is done once the worker has no task.
+    busy_for: {pod name: passes it stays busy}. Returns the history.
+    """
+    rng = random.Random(3)
+    e = ew(desired, high=max(desired, 1), policy=policy)
+    world = {}  # name -> dict(pod=..., age=passes, busy=passes left, drain=None|active|done)
+    for i in range(n_old):
+        name = "w-old%d" % i
+        world[name] = {"pod": pod(name, template=OLD, created="0-%d" % i), "busy": busy_for.get(name, 0),
+                       "drain": None}
+    clock = [0]
+    history = []
+    for _ in range(max_passes):
+        clock[0] += 1
+        workers = {n: (BUSY if w["busy"] > 0 else IDLE) for n, w in world.items()
+                   if w["pod"]["status"]["phase"] == "Running"}
+        drains = {n: w["drain"] for n, w in world.items() if w["drain"]}
+        p = r.plan_elastic_worker(e, [w["pod"] for w in world.values()], workers, drains, rng=rng)
+        busy_now = {n for n, s in workers.items() if s is BUSY}
+        for name, _reason in p.delete:
+            assert name not in busy_now, "deleted busy worker %s" % name
+            del world[name]
+        for name in p.drain:
+            assert world[name]["drain"] is None
+            world[name]["drain"] = r.DRAIN_ACTIVE
+        for name in p.create:
+            manifest = r.build_pod(e, name)
+            world[name] = {"pod": {"metadata": dict(manifest["metadata"], creationTimestamp="%06d" % clock[0]),
+                                   "status": {"phase": "Pending", "conditions": []}}, "busy": 0, "drain": None}
+        # time passes: pods start, tasks finish, drains complete
+        for name, w in world.items():
+            if name in p.create:
+                continue
+            w["pod"]["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+            w["busy"] = max(0, w["busy"] - 1)
+            if w["drain"] == r.DRAIN_ACTIVE and w["busy"] == 0:
+                w["drain"] = r.DRAIN_DONE
+        serving_ready = [n for n, w in world.items() if not w["drain"]
+                         and w["pod"]["status"]["phase"] == "Running"]
+        history.append({"pods": len(world), "serving_ready": len(serving_ready), "plan": p,
+                        "outdated": sum(1 for w in world.values() if r.pod_outdated(w["pod"], CURRENT))})
+        if history[-1]["outdated"] == 0 and not p.changed and len(world) == desired:
+            return history
+    raise AssertionError("the rolling update did not finish: %s" % history[-1])
+
+
+@pytest.mark.parametrize("policy", [None, {"type": "Immediate"}, {"type": "Disabled"}])
+def test_rolling_update_end_to_end_keeps_capacity_and_never_kills_busy_workers(policy):
+    history = _simulate(3, 3, {"w-old0": 5, "w-old2": 12}, policy=policy)
+    assert max(h["pods"] for h in history) <= 3 + 1  # at most one surge pod at a time
+    # never fewer consuming, Running workers than desired (maxUnavailable 0)
+    assert min(h["serving_ready"] for h in history) >= 3
+    assert all(len(h["plan"].drain) <= 1 and len(h["plan"].create) <= 1 for h in history)
+    assert history[-1]["outdated"] == 0 and history[-1]["pods"] == 3

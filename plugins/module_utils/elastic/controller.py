@@ -212,16 +212,13 @@ class Reconciler:
             return
         hosts = dict((R.worker_name(p["metadata"]["name"]), p) for p in missing)
         try:
-            stats = control._inspect(list(hosts), "stats")  # pool size is only in stats
+            sizes = control.concurrency(list(hosts))
         except CeleryControlError:
             return
-        for host, value in (stats or {}).items():
-            if host in hosts:
-                size = ((value or {}).get("pool") or {}).get("max-concurrency")
-                if size:
-                    pod = hosts[host]
-                    self._concurrency[pod["metadata"]["uid"]] = int(size)
-                    states[pod["metadata"]["name"]]["concurrency"] = int(size)
+        for host, size in sizes.items():
+            pod = hosts[host]
+            self._concurrency[pod["metadata"]["uid"]] = size
+            states[pod["metadata"]["name"]]["concurrency"] = size
 
     def _drain_for(self, ew, pod, control, store):
         uid = pod["metadata"]["uid"]
@@ -242,8 +239,9 @@ class Reconciler:
         now = time.monotonic()
         pending = dict((n, d) for n, d in self._expect_create.get(uid, {}).items() if n not in seen and d > now)
         self._expect_create[uid] = pending
+        stamp = {R.TEMPLATE_HASH_ANNOTATION: R.template_hash((ew.get("spec") or {}).get("template") or {})}
         return [{"metadata": {"name": n, "uid": "expected-" + n, "creationTimestamp": "9999",
-                              "ownerReferences": [{"uid": uid, "controller": True}]},
+                              "annotations": stamp, "ownerReferences": [{"uid": uid, "controller": True}]},
                  "status": {"phase": "Pending"}} for n in pending]
 
     # -------------------------------------------------------------- one ElasticWorker
@@ -466,25 +464,11 @@ class Reconciler:
 
 def queue_length(control, queues):
     """Messages waiting in the broker queues (None: the broker cannot be asked)."""
-    total = 0
     try:
-        conn = control._connection()
-        channel = conn.default_channel
-        for queue in queues:
-            try:
-                total += channel.queue_declare(queue=queue, passive=True).message_count
-            except Exception as exc:  # no such queue yet: nothing waits
-                if conn.connection_errors and isinstance(exc, tuple(conn.connection_errors)):
-                    raise
-                channel = conn.default_channel
-    except Exception as exc:
+        return control.queue_length(queues)
+    except CeleryControlError as exc:
         LOG.warning("cannot read the queue length: %s", exc)
-        try:
-            control.close()
-        except Exception:
-            pass
         return None
-    return total
 
 
 # ------------------------------------------------------------------ the long-lived loop

@@ -21,6 +21,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import hashlib
+import json
 import math
 import random
 
@@ -35,6 +37,11 @@ EWA_PLURAL = "elasticworkerautoscalers"
 # Put on every worker pod: which ElasticWorker owns it (the controller's one
 # list+watch selects on this label, for all ElasticWorkers at once).
 OWNER_LABEL = GROUP + "/elastic-worker"
+
+# Put on every worker pod: the hash of the ElasticWorker's pod template it was
+# created from. A pod whose hash differs from the current template's is
+# outdated and gets replaced, one at a time (see ``plan_elastic_worker``).
+TEMPLATE_HASH_ANNOTATION = GROUP + "/template-hash"
 
 SCALE_IN_POLICIES = ("IdleOnly", "BySelector", "Immediate", "Disabled")
 
@@ -170,6 +177,21 @@ def pod_created(pod):
     return pod["metadata"].get("creationTimestamp") or ""
 
 
+def template_hash(template):
+    """A short, stable hash of a pod template (canonical JSON: sorted keys, no spaces)."""
+    text = json.dumps(template or {}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
+
+
+def pod_template_hash(pod):
+    """The template hash stamped on a pod, or None (not stamped: treated as outdated)."""
+    return (pod["metadata"].get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION)
+
+
+def pod_outdated(pod, current_hash):
+    return pod_template_hash(pod) != current_hash
+
+
 def worker_name(pod_name):
     """The Celery node name of the worker in a pod (the pod template sets it)."""
     return "celery@" + pod_name
@@ -189,6 +211,7 @@ def build_pod(ew, name):
     labels.update((spec.get("selector") or {}).get("matchLabels") or {})
     labels[OWNER_LABEL] = meta["name"]
     annotations = dict(tmeta.get("annotations") or {})
+    annotations[TEMPLATE_HASH_ANNOTATION] = template_hash(template)
     pod_spec = dict(template.get("spec") or {})
     # The pod's hostname is its name: the worker runs --celery-hostname
     # "$(hostname)", so its Celery node is celery@<pod name>, and with the
@@ -221,7 +244,8 @@ class Plan:
         self.drain = []  # pod names whose drain starts
         self.cancel_drain = []  # pod names whose drain is rolled back
         self.status = {}
-        self.messages = []
+        self.messages = []  # why scale-in waits (condition ScaleInBlocked)
+        self.rollout = []  # how the rolling update stands (condition UpToDate)
 
     @property
     def changed(self):
@@ -235,6 +259,7 @@ class Plan:
             "cancel_drain": list(self.cancel_drain),
             "status": self.status,
             "messages": list(self.messages),
+            "rollout": list(self.rollout),
         }
 
 
@@ -294,6 +319,10 @@ def plan_elastic_worker(ew, pods, workers, drains, now=None, rng=None):
         pname = pod["metadata"]["name"]
         states[pname] = classify_worker(workers.get(pname)) if celery_known else "unknown"
 
+    current_hash = template_hash(spec.get("template") or {})
+    outdated = [p for p in serving if pod_outdated(p, current_hash)]
+    updated = [p for p in serving if not pod_outdated(p, current_hash)]
+
     if len(serving) < desired:
         missing = desired - len(serving)
         # A worker being drained is still there: give it back its consumers
@@ -305,14 +334,74 @@ def plan_elastic_worker(ew, pods, workers, drains, now=None, rng=None):
             pname = new_pod_name(name, taken, rng)
             taken.add(pname)
             plan.create.append(pname)
+    elif outdated and desired >= 1 and (
+            len(serving) == desired or (len(serving) == desired + 1 and updated)):
+        _plan_rollout(plan, name, taken, rng, serving, outdated, updated, draining, states, desired, celery_known)
     elif len(serving) > desired:
-        _plan_scale_in(plan, policy, policy_spec, serving, states, len(serving) - desired, celery_known)
+        _plan_scale_in(plan, policy, policy_spec, serving, states, len(serving) - desired, celery_known,
+                       current_hash)
 
-    plan.status = status_of(ew, pods, live, states, drains, desired, plan, policy)
+    if outdated and not plan.rollout:
+        plan.rollout.append("%d outdated pod(s) wait for the scale-in in progress" % len(outdated))
+    plan.status = status_of(ew, pods, live, states, drains, desired, plan, policy, current_hash)
     return plan
 
 
-def _plan_scale_in(plan, policy, policy_spec, serving, states, excess, celery_known):
+def _rollout_order(pod, states):
+    # idle workers first (nothing to wait for), then the oldest
+    return (states[pod["metadata"]["name"]] != "idle", pod_created(pod), pod["metadata"]["name"])
+
+
+def _plan_rollout(plan, name, taken, rng, serving, outdated, updated, draining, states, desired, celery_known):
+    """One step of a rolling update: at most one surge pod, at most one drain.
+
+    Pods whose template hash is not the current template's are replaced one
+    at a time, never below ``desired`` serving workers: first one new pod is
+    created (at most desired + 1 <= maxReplicas + 1 pods), once it is Ready
+    one outdated worker is drained through the drain state machine (a busy
+    one keeps its tasks until they finish; on a drain timeout its consumers
+    come back and it stays), and the drained pod is deleted by a later pass.
+    """
+    # An outdated pod whose container never started holds no worker: replace it at once.
+    unstarted = [p for p in outdated if pod_phase(p) == "Pending" and states[p["metadata"]["name"]] == "unknown"]
+    if unstarted:
+        for pod in unstarted:
+            plan.delete.append((pod["metadata"]["name"], "outdated pod that never started"))
+        for _ in range(desired - (len(serving) - len(unstarted))):
+            pname = new_pod_name(name, taken, rng)
+            taken.add(pname)
+            plan.create.append(pname)
+        plan.rollout.append("replacing %d outdated pod(s) that never started" % len(unstarted))
+        return
+    if draining:
+        plan.rollout.append("rolling update waits for the drain of %s"
+                            % ", ".join(sorted(p["metadata"]["name"] for p in draining)))
+        return
+    if not celery_known:
+        plan.rollout.append("rolling update waits: the Celery workers could not be asked")
+        return
+    if len(serving) == desired:
+        pname = new_pod_name(name, taken, rng)
+        taken.add(pname)
+        plan.create.append(pname)
+        plan.rollout.append("%d outdated pod(s): surge pod %s first" % (len(outdated), pname))
+        return
+    starting = sorted(p["metadata"]["name"] for p in updated if not pod_ready(p))
+    if starting:
+        plan.rollout.append("rolling update waits for %s to be Ready" % ", ".join(starting))
+        return
+    candidates = sorted((p for p in outdated if states[p["metadata"]["name"]] in ("idle", "busy")),
+                        key=lambda p: _rollout_order(p, states))
+    if not candidates:
+        plan.rollout.append("rolling update waits: outdated worker(s) %s do not answer"
+                            % ", ".join(sorted(p["metadata"]["name"] for p in outdated)))
+        return
+    chosen = candidates[0]["metadata"]["name"]
+    plan.drain.append(chosen)
+    plan.rollout.append("%d outdated pod(s): draining %s (%s)" % (len(outdated), chosen, states[chosen]))
+
+
+def _plan_scale_in(plan, policy, policy_spec, serving, states, excess, celery_known, current_hash=None):
     # Pods whose container never started hold no Celery worker: they may go
     # at once under every policy but Disabled.
     unstarted = [
@@ -329,9 +418,13 @@ def _plan_scale_in(plan, policy, policy_spec, serving, states, excess, celery_kn
     rest = [p for p in serving if p["metadata"]["name"] not in gone]
     if excess <= 0:
         return
+    def outdated_first(pods):  # stable: keeps the newest-first order within each group
+        pods.sort(key=lambda p: not pod_outdated(p, current_hash) if current_hash else False)
+
     if policy == "Immediate":
         order = {"idle": 0, "unknown": 1, "busy": 2}
         rest.sort(key=_candidate_order, reverse=True)
+        outdated_first(rest)
         rest.sort(key=lambda p: order[states[p["metadata"]["name"]]])
         for pod in rest[:excess]:
             plan.delete.append((pod["metadata"]["name"], "scale-in (Immediate policy, no drain)"))
@@ -341,6 +434,7 @@ def _plan_scale_in(plan, policy, policy_spec, serving, states, excess, celery_kn
         candidates = [p for p in rest if selector_matches(selector, p["metadata"].get("labels"))]
         # idle ones first; busy ones are drained too (the drain waits for their tasks)
         candidates.sort(key=_candidate_order, reverse=True)
+        outdated_first(candidates)
         candidates.sort(key=lambda p: states[p["metadata"]["name"]] != "idle")
     else:  # IdleOnly
         if not celery_known:
@@ -348,6 +442,7 @@ def _plan_scale_in(plan, policy, policy_spec, serving, states, excess, celery_kn
             return
         candidates = [p for p in rest if states[p["metadata"]["name"]] == "idle"]
         candidates.sort(key=_candidate_order, reverse=True)
+        outdated_first(candidates)
     chosen = candidates[:excess]
     plan.drain.extend(p["metadata"]["name"] for p in chosen)
     if len(chosen) < excess:
@@ -357,7 +452,7 @@ def _plan_scale_in(plan, policy, policy_spec, serving, states, excess, celery_kn
         )
 
 
-def status_of(ew, pods, live, states, drains, desired, plan, policy):
+def status_of(ew, pods, live, states, drains, desired, plan, policy, current_hash=None):
     spec = ew.get("spec") or {}
     low, high = bounds(spec)
     selector = dict(spec.get("selector") or {})
@@ -373,6 +468,10 @@ def status_of(ew, pods, live, states, drains, desired, plan, policy):
     n_draining = sum(1 for p in live if drains.get(p["metadata"]["name"]))
     ready = sum(1 for p in counted if pod_ready(p))
     replicas = len(counted)
+    if current_hash is None:
+        current_hash = template_hash(spec.get("template") or {})
+    n_updated = sum(1 for p in counted if not pod_outdated(p, current_hash))
+    up_to_date = n_updated == replicas
     stable = replicas == desired and not plan.changed and not n_draining
     conditions = [
         {
@@ -388,6 +487,13 @@ def status_of(ew, pods, live, states, drains, desired, plan, policy):
             "message": "replicas kept within [%d, %d]" % (low, high),
         },
         {
+            "type": "UpToDate",
+            "status": "True" if up_to_date else "False",
+            "reason": "TemplateApplied" if up_to_date else "RollingUpdate",
+            "message": "%d/%d pods from template %s%s" % (
+                n_updated, replicas, current_hash, ("; " + "; ".join(plan.rollout)) if plan.rollout else ""),
+        },
+        {
             "type": "ScaleInBlocked",
             "status": "True" if plan.messages else "False",
             "reason": "Waiting" if plan.messages else (policy or "IdleOnly"),
@@ -399,6 +505,8 @@ def status_of(ew, pods, live, states, drains, desired, plan, policy):
         "replicas": replicas,
         "desiredReplicas": desired,
         "readyReplicas": ready,
+        "updatedReplicas": n_updated,
+        "templateHash": current_hash,
         "busy": busy,
         "idle": idle,
         "draining": n_draining,
