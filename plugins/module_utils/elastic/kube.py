@@ -107,6 +107,40 @@ def _slim(obj):
     return obj
 
 
+# The only pod fields the reconcile, the drain store and the status read.
+_POD_METADATA = ("name", "namespace", "uid", "resourceVersion", "creationTimestamp", "deletionTimestamp",
+                 "labels", "ownerReferences")
+# Pod annotations the controller reads: its drain record and the template hash.
+POD_ANNOTATIONS = ("elastic-airflow.io/drain", R.TEMPLATE_HASH_ANNOTATION)
+
+
+def slim_pod(obj):
+    """A pod reduced to what the controller reads (a KWOK/real pod is ~5-10 KB of JSON; this is ~0.5 KB).
+
+    Keeps metadata name/namespace/uid/resourceVersion/timestamps/labels/ownerReferences,
+    the controller's own annotations, status.phase and the Ready condition; the
+    spec is never read (pods are created from the ElasticWorker's template).
+    """
+    meta = obj.get("metadata") or {}
+    out = dict((k, meta[k]) for k in _POD_METADATA if k in meta)
+    if out.get("ownerReferences"):
+        out["ownerReferences"] = [dict((k, ref[k]) for k in ("uid", "controller", "kind", "name") if k in ref)
+                                  for ref in out["ownerReferences"]]
+    annotations = meta.get("annotations") or {}
+    kept = dict((k, annotations[k]) for k in POD_ANNOTATIONS if k in annotations)
+    if kept:
+        out["annotations"] = kept
+    status = obj.get("status") or {}
+    slim_status = {}
+    if "phase" in status:
+        slim_status["phase"] = status["phase"]
+    ready = [{"type": "Ready", "status": c.get("status")} for c in status.get("conditions") or []
+             if c.get("type") == "Ready"]
+    if ready:
+        slim_status["conditions"] = ready
+    return {"metadata": out, "status": slim_status}
+
+
 class Informer:
     """A local cache of one kind of object, fed by LIST + WATCH in a thread.
 
@@ -116,9 +150,11 @@ class Informer:
     initial list (and once with ("SYNCED", None) after each full list).
     """
 
-    def __init__(self, name, list_call, on_change=None, watch_timeout=300):
+    def __init__(self, name, list_call, on_change=None, watch_timeout=300, slim=_slim, page_size=250):
         self.name = name
         self._list_call = list_call
+        self._slim = slim
+        self._page_size = page_size
         self._on_change = on_change or (lambda t, o: None)
         self._watch_timeout = watch_timeout
         self._items = {}
@@ -159,6 +195,7 @@ class Informer:
 
     def update(self, obj):
         """Write-through: put an object we just wrote, unless the cache already has a newer one."""
+        obj = self._slim(obj)
         key = self.key(obj)
         with self._lock:
             old = self._items.get(key)
@@ -170,18 +207,32 @@ class Informer:
                 self._items[key] = obj
 
     def _list(self):
-        response = self._list_call(_preload_content=False)
-        body = json.loads(response.data)
-        response.release_conn()
-        del response
-        for obj in body.get("items") or []:
-            _slim(obj)
-        self.lists += 1
+        """A paged LIST (``limit``/``continue``): only one page of raw JSON is held at a time."""
+        items = {}
+        token = None
+        while True:
+            kw = {"limit": self._page_size} if self._page_size else {}
+            if token:
+                kw["_continue"] = token
+            response = self._list_call(_preload_content=False, **kw)
+            body = json.loads(response.data)
+            response.release_conn()
+            del response
+            for obj in body.get("items") or []:
+                obj = self._slim(obj)
+                items[self.key(obj)] = obj
+            self.lists += 1
+            meta = body.get("metadata") or {}
+            token = meta.get("continue")
+            version = meta.get("resourceVersion")
+            del body
+            if not token:
+                break
         with self._lock:
-            self._items = dict((self.key(o), o) for o in body.get("items") or [])
+            self._items = items
         self.synced.set()
         self._on_change("SYNCED", None)
-        return body["metadata"].get("resourceVersion")
+        return version
 
     def _run(self):
         version = None
@@ -223,9 +274,9 @@ class Informer:
                             return None  # expired: list again
                         raise RuntimeError("watch error: %s" % obj.get("message"))
                     version = obj["metadata"].get("resourceVersion", version)
-                    _slim(obj)
                     if kind == "BOOKMARK":
                         continue
+                    obj = self._slim(obj)
                     with self._lock:
                         if kind == "DELETED":
                             self._items.pop(self.key(obj), None)
@@ -263,16 +314,22 @@ class Kube:
             return lambda **kw: self.custom.list_namespaced_custom_object(R.GROUP, R.VERSION, ns, plural, **kw)
         return lambda **kw: self.custom.list_cluster_custom_object(R.GROUP, R.VERSION, plural, **kw)
 
+    @staticmethod
+    def slimmer(kind):
+        return slim_pod if kind == "pods" else _slim
+
     def informers(self, on_change):
         return dict(
-            (kind, Informer(kind, self._lister(kind), lambda t, o, k=kind: on_change(k, t, o)))
+            (kind, Informer(kind, self._lister(kind), lambda t, o, k=kind: on_change(k, t, o),
+                            slim=self.slimmer(kind)))
             for kind in ("pods", "elasticworkers", "elasticworkerautoscalers")
         )
 
     def list_once(self, kind, name=None):
-        """One LIST (the Ansible modules use this instead of a watch)."""
-        body = json.loads(self._lister(kind)(_preload_content=False).data)
-        return body.get("items") or []
+        """One (paged) LIST (the Ansible modules use this instead of a watch)."""
+        informer = Informer(kind, self._lister(kind), slim=self.slimmer(kind))
+        informer._list()
+        return informer.items()
 
     # ---------------------------------------------------------- writes
 
