@@ -36,6 +36,18 @@ class Run:
         """Sum of changed= over the hosts of the PLAY RECAP."""
         return sum(int(m.group(2)) for m in RECAP.finditer(self.output))
 
+    @property
+    def changed_tasks(self) -> list[str]:
+        """The TASK headers of the tasks that reported a change, with what followed."""
+        found, task = [], ""
+        lines = self.output.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("TASK ["):
+                task = line
+            elif line.startswith("changed: "):
+                found.append(task + "\n" + "\n".join(lines[i : i + 40]))
+        return found
+
 
 def cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("ELASTIC_AIRFLOW_CACHE", pathlib.Path.home() / ".cache" / "elastic-airflow"))
