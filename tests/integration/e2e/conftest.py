@@ -88,7 +88,28 @@ MODULE_VARS = {"test_postgresql_redis.py": "postgresql-redis.yml", "test_mysql_r
 _deploys = {}  # vars file name -> (Popen, start time, log path)
 
 
+def _wait_namespace_gone_if_terminating(name):
+    """A namespace of an earlier run that is still being deleted takes no new objects."""
+    import yaml
+    with open(os.path.join(HERE, "vars", name)) as fh:
+        namespace = yaml.safe_load(fh)["elastic_airflow_namespace"]
+    core = client.CoreV1Api(config.new_client_from_config(config_file=KUBECONFIG))
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            ns = core.read_namespace(namespace)
+        except client.rest.ApiException as e:
+            if e.status == 404:
+                return
+            raise
+        if ns.status.phase != "Terminating":
+            return
+        time.sleep(2)
+    raise AssertionError("namespace %s is still terminating after 180 s" % namespace)
+
+
 def _start_deploy(name):
+    _wait_namespace_gone_if_terminating(name)
     log = os.path.join(PRIVATE, "site-%s.log" % name)
     os.makedirs(PRIVATE, exist_ok=True)
     fh = open(log, "w")

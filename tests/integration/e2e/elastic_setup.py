@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from kubernetes import client
 
@@ -125,4 +124,3 @@ class Elastic:
         if self.proc is not None:
             self.log.close()
             sys.stdout.write("---- controller log (tail)\n%s\n" % self.text()[-3000:])
-        time.sleep(0)
