@@ -13,8 +13,10 @@ CLUSTER := tests/cluster/cluster.sh
 COLLECTIONS := $(CACHE)/collections-$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-8)
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 INVENTORY ?= inventories/local
-# Every test area adds its target here; `make test` runs them in this order.
-TESTS := test-static test-unit
+# What `make test` (and so CI) runs, in this order: cheap and static first,
+# then the control plane, the playbooks on it, and the real-server suites.
+TESTS := test-static test-unit test-cluster test-cluster-lifecycle test-playbooks molecule-local \
+         test-drain test-drain-playbook test-monitoring test-elastic test-e2e
 
 .PHONY: help venv cluster-up cluster-down cluster-status
 
@@ -48,7 +50,12 @@ demo: venv collection-link cluster-up ## bring up the local cluster and deploy s
 	ansible-playbook -i $(INVENTORY) playbooks/site.yml
 
 test: venv collection-link ## run every test (what CI runs)
-	@set -e; for t in $(TESTS); do echo "=== make $$t"; $(MAKE) --no-print-directory $$t; done
+	@failed=""; for t in $(TESTS); do \
+	  echo "=== make $$t"; s=$$(date +%s); \
+	  $(MAKE) --no-print-directory $$t || failed="$$failed $$t"; \
+	  echo "=== make $$t: $$(( $$(date +%s) - s )) s"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi; echo "all test targets passed"
 
 test-static: venv collection-link ## yamllint, ansible-lint (production profile), syntax checks
 	yamllint --strict .
@@ -59,7 +66,6 @@ test-unit: venv collection-link ## unit tests of the pure Python logic
 	pytest -q tests/unit
 
 # --- The local control plane's own tests (tests/cluster, issue 2) -----------
-TESTS += test-cluster test-cluster-lifecycle molecule-local
 .PHONY: test-cluster test-cluster-lifecycle molecule-local
 
 # Runs against the shared cluster: starts it if it is not up, and then stops
@@ -78,7 +84,6 @@ molecule-local: venv collection-link ## molecule test -s local (the embedded con
 	molecule test -s local
 
 .PHONY: test-playbooks bench-converge
-TESTS += test-playbooks
 
 test-playbooks: venv collection-link cluster-up ## site.yml on the local cluster: converge, idempotence, check mode, bad input, no secrets
 	pytest -q -p no:cacheprovider tests/integration/playbooks
@@ -87,7 +92,6 @@ bench-converge: venv collection-link cluster-up ## time site.yml against kubectl
 	python benchmarks/bench_converge.py
 
 # --- Safe Celery worker drain (issue 4) -----------------------------------------
-TESTS += test-drain test-drain-playbook
 .PHONY: test-drain test-drain-playbook bench-drain
 
 # Starts Redis and RabbitMQ through tests/services/services.sh if they are not
@@ -103,7 +107,6 @@ bench-drain: venv ## seconds to drain an idle Celery worker on real Redis and Ra
 	$(PY) benchmarks/bench_drain.py
 
 # --- monitoring and metrics_adapter layers (issue 3) ---------------------------
-TESTS += test-monitoring
 .PHONY: test-monitoring monitoring-tools
 
 # Prometheus v3.5.0 is the Go module version v0.305.0.
@@ -151,7 +154,6 @@ bench-controller: venv ## ElasticWorker controller: one reconcile over 1,000 pod
 	python benchmarks/bench_controller.py
 
 # --- Real Airflow 3 end to end (issue 6) ------------------------------------------
-TESTS += test-e2e
 .PHONY: test-e2e
 
 # Deploys site.yml twice (namespaces e2e-pg, e2e-my; the second in the
