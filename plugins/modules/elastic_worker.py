@@ -11,7 +11,7 @@ module: elastic_worker
 short_description: One reconcile pass of an ElasticWorker (and its ElasticWorkerAutoscaler)
 description:
   - Runs the same logic as the in-cluster ElasticWorker controller, once, from the Ansible
-    controller: measures the load (autoscaler), creates missing worker pods, advances drains,
+    controller. It measures the load (autoscaler), creates missing worker pods, advances drains,
     drains idle workers on scale-in and deletes drained ones.
   - In check mode nothing changes; the result shows the decision (pods that would be created,
     drained, deleted, and the autoscaler's desired replicas).
