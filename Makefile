@@ -61,6 +61,12 @@ test-static: venv collection-link ## yamllint, ansible-lint (production profile)
 	yamllint --strict .
 	ansible-lint --profile production
 	@for p in playbooks/*.yml; do ansible-playbook -i $(INVENTORY) --syntax-check $$p >/dev/null || exit 1; done; echo "syntax-check ok"
+	@for m in plugins/modules/*.py; do ansible-doc elastic_airflow.cluster.$$(basename $$m .py) >/dev/null || exit 1; done; echo "ansible-doc ok"
+	@# The built tarball installs offline into an empty collections path and its playbooks load from there.
+	@tmp=$$(mktemp -d) && ansible-galaxy collection build --force --output-path $$tmp >/dev/null \
+	  && ANSIBLE_COLLECTIONS_PATH=$$tmp/installed ansible-galaxy collection install --offline --no-deps -p $$tmp/installed $$tmp/elastic_airflow-cluster-*.tar.gz >/dev/null \
+	  && (cd $$tmp && ANSIBLE_COLLECTIONS_PATH=$$tmp/installed ansible-playbook -i $(CURDIR)/$(INVENTORY) elastic_airflow.cluster.site --syntax-check >/dev/null) \
+	  && echo "collection build + offline install + site.yml from the install ok"; rc=$$?; rm -rf $$tmp; exit $$rc
 
 test-unit: venv collection-link ## unit tests of the pure Python logic
 	pytest -q tests/unit
@@ -143,7 +149,7 @@ test-monitoring: venv monitoring-tools ## dashboards vs scraped metrics, promtoo
 # ---- elastic_worker (ElasticWorker controller) --------------------------------
 .PHONY: test-elastic bench-controller
 test-elastic: venv ## ElasticWorker controller: unit tests, then cluster + real Celery/Redis tests (needs `make cluster-up`)
-	pytest -v -p no:cacheprovider tests/unit/test_elastic_reconcile.py
+	pytest -v -p no:cacheprovider tests/unit/test_elastic_reconcile.py tests/unit/test_elastic_kube.py tests/unit/test_celery_control.py
 	$(CLUSTER) status >/dev/null || $(CLUSTER) up
 	tests/services/services.sh start redis
 	pytest -v -p no:cacheprovider tests/integration/elastic
