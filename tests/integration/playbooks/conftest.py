@@ -113,6 +113,8 @@ def cluster_snapshot() -> dict[str, str]:
         items = json.loads(kubectl("get", ",".join(resources), *(scope or ()), "-o", "json"))["items"]
         for item in items:
             meta = item["metadata"]
+            if item["kind"] == "Namespace" and meta["name"] != NAMESPACE:
+                continue  # other test suites' namespaces come and go
             snapshot[f"{item['kind']}/{meta.get('namespace', '')}/{meta['name']}"] = meta["resourceVersion"]
     return snapshot
 
