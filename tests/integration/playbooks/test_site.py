@@ -67,3 +67,11 @@ def test_generated_secrets_survive_a_rerun(converged):
     run = run_playbook("namespace.yml")
     assert run.rc == 0, run.output[-4000:]
     assert _secret_values() == before
+
+
+def test_check_mode_on_a_new_namespace_reports_changes_and_creates_nothing():
+    namespace = "airflow-check-mode"
+    run = run_playbook("site.yml", "--check", extra_vars={"elastic_airflow_namespace": namespace})
+    assert run.rc == 0, run.output[-4000:]
+    assert run.changed > 0
+    assert namespace not in kubectl("get", "namespaces", "-o", "name").split("namespace/")
