@@ -39,9 +39,9 @@ import urllib.request
 try:  # relative when imported as a package (Ansible, python -m elastic.controller)
     from . import reconcile as R
     from . import kube as K
-    from .drain import Drain, StateStore, WorkerGone, DRAINED, CANCELLING, DRAINING, RESTORING
+    from .drain import Drain, WorkerGone, DRAINED, CANCELLING, DRAINING, RESTORING
     from .celery_control import CeleryControl, CeleryControlError
-    from .k8s_store import ANNOTATION as DRAIN_ANNOTATION
+    from .k8s_store import ANNOTATION as DRAIN_ANNOTATION, AnnotationStore
 except ImportError:  # pragma: no cover
     raise
 
@@ -53,7 +53,7 @@ ACTIVE_PHASES = (CANCELLING, DRAINING, RESTORING)
 # ------------------------------------------------------------------ drain state on cached pods
 
 
-class CachedPodStore(StateStore):
+class CachedPodStore(AnnotationStore):
     """The drain record on the pod annotation, read from the informer cache.
 
     Writes go to the API server (merge patch of the one annotation) and the
@@ -76,28 +76,16 @@ class CachedPodStore(StateStore):
         pod = self._pod(worker)
         if pod is None:
             return None
-        raw = (pod["metadata"].get("annotations") or {}).get(DRAIN_ANNOTATION)
+        raw = (pod["metadata"].get("annotations") or {}).get(self.annotation)
         return json.loads(raw) if raw else None
+
+    def _send(self, worker, annotations):
+        return self.kube.patch_pod_annotations(self.namespace, worker, annotations)
 
     def _patch(self, worker, value):
         if self._pod(worker) is None:
             raise WorkerGone(worker)
-        try:
-            obj = self.kube.patch_pod_annotations(self.namespace, worker, {DRAIN_ANNOTATION: value})
-        except K.ApiException as exc:
-            if getattr(exc, "status", None) == 404:
-                raise WorkerGone(worker)
-            raise
-        self.cache.update(obj)
-
-    def put(self, worker, record):
-        self._patch(worker, json.dumps(record, sort_keys=True, separators=(",", ":")))
-
-    def delete(self, worker):
-        try:
-            self._patch(worker, None)
-        except WorkerGone:
-            pass
+        self.cache.update(super()._patch(worker, value))
 
     def exists(self, worker):
         return self._pod(worker) is not None
@@ -332,13 +320,17 @@ class Reconciler:
         old = ew.get("status") or {}
         status["conditions"] = R.merge_conditions(old.get("conditions"), status["conditions"], K.now_rfc3339())
         if R.status_differs(old, status):
-            try:
-                obj = json.loads(self.kube.patch_status(R.EW_PLURAL, ns, name, status).data)
-                self.caches["elasticworkers"].update(obj)
-            except K.ApiException as exc:
-                if exc.status != 404:
-                    raise
+            self._patch_status(R.EW_PLURAL, "elasticworkers", ns, name, status)
         return report
+
+    def _patch_status(self, plural, cache, ns, name, status):
+        """Write a status and the returned object through to the cache; an object gone meanwhile is no error."""
+        try:
+            obj = json.loads(self.kube.patch_status(plural, ns, name, status).data)
+            self.caches[cache].update(obj)
+        except K.ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def _event(self, obj, reason, message, type_="Normal"):
         if not self.dry_run:
@@ -433,17 +425,22 @@ class Reconciler:
             [{"type": "ScalingActive", "status": "True" if ok else "False",
               "reason": "ValidMetric" if ok else "MetricUnavailable", "message": reason}],
             K.now_rfc3339())
-        try:
-            obj = json.loads(self.kube.patch_status(R.EWA_PLURAL, ns, name, status).data)
-            self.caches["elasticworkerautoscalers"].update(obj)
-        except K.ApiException as exc:
-            if exc.status != 404:
-                raise
+        self._patch_status(R.EWA_PLURAL, "elasticworkerautoscalers", ns, name, status)
         return report
 
     # -------------------------------------------------------------- everything
 
+    def forget_gone_pods(self):
+        """Drop what is kept per pod (drains, pool sizes) for pods no longer in the cache."""
+        if not (self._drains or self._concurrency):
+            return
+        live = set(p["metadata"].get("uid") for p in self.caches["pods"].items())
+        for kept in (self._drains, self._concurrency):
+            for uid in [u for u in kept if u not in live]:
+                del kept[uid]
+
     def reconcile_all(self, force_autoscalers=False):
+        self.forget_gone_pods()
         reports = []
         for ewa in self.caches["elasticworkerautoscalers"].items():
             try:

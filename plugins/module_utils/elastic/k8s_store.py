@@ -18,14 +18,45 @@ from .drain import DrainError, StateStore, WorkerGone
 
 ANNOTATION = "elastic-airflow.io/drain"
 
-__all__ = ["ANNOTATION", "PodAnnotationStore", "pod_uid"]
+__all__ = ["ANNOTATION", "AnnotationStore", "PodAnnotationStore", "pod_uid"]
 
 
 def _status(exc) -> Optional[int]:
     return getattr(exc, "status", None)
 
 
-class PodAnnotationStore(StateStore):
+class AnnotationStore(StateStore):
+    """What every store of the record on a pod annotation shares: the write.
+
+    A subclass sends the merge patch in ``_send(pod, {annotation: value})``
+    (a null value removes the annotation; it returns what the API returned)
+    and reads the record in ``get``/``exists``.
+    """
+
+    annotation = ANNOTATION
+
+    def _send(self, pod: str, annotations: dict):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _patch(self, pod: str, value: Optional[str]):
+        try:
+            return self._send(pod, {self.annotation: value})
+        except Exception as exc:
+            if _status(exc) == 404:
+                raise WorkerGone(pod) from exc
+            raise
+
+    def put(self, worker, record):
+        self._patch(worker, json.dumps(record, sort_keys=True, separators=(",", ":")))
+
+    def delete(self, worker):
+        try:
+            self._patch(worker, None)
+        except WorkerGone:
+            pass
+
+
+class PodAnnotationStore(AnnotationStore):
     """A :class:`~.drain.StateStore` keyed by pod name in one namespace.
 
     ``api``: a ``kubernetes.client.CoreV1Api``. Patches touch
@@ -48,17 +79,11 @@ class PodAnnotationStore(StateStore):
                 raise WorkerGone(pod) from exc
             raise
 
-    def _patch(self, pod: str, value: Optional[str]) -> None:
+    def _send(self, pod: str, annotations: dict):
         # The generated client sends a dict body as a strategic merge patch
         # (it has no _content_type argument); for metadata.annotations that is
         # a plain merge, and a null value removes the key.
-        body = {"metadata": {"annotations": {self.annotation: value}}}
-        try:
-            self.api.patch_namespaced_pod(pod, self.namespace, body)
-        except Exception as exc:
-            if _status(exc) == 404:
-                raise WorkerGone(pod) from exc
-            raise
+        return self.api.patch_namespaced_pod(pod, self.namespace, {"metadata": {"annotations": annotations}})
 
     def get(self, worker):
         obj = self._read(worker)
@@ -70,15 +95,6 @@ class PodAnnotationStore(StateStore):
             return json.loads(raw)
         except ValueError as exc:
             raise DrainError("annotation %s of pod %s/%s is not JSON: %r" % (self.annotation, self.namespace, worker, raw)) from exc
-
-    def put(self, worker, record):
-        self._patch(worker, json.dumps(record, sort_keys=True, separators=(",", ":")))
-
-    def delete(self, worker):
-        try:
-            self._patch(worker, None)
-        except WorkerGone:
-            pass
 
     def exists(self, worker):
         try:
