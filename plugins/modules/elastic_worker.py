@@ -18,13 +18,8 @@ description:
   - Do not run it while the in-cluster controller holds the Lease unless you mean to act twice.
 version_added: "0.1.0"
 options:
-  name: {description: Name of the ElasticWorker., type: str, required: true}
-  namespace: {description: Its namespace., type: str, required: true}
   autoscale: {description: Also run the ElasticWorkerAutoscaler that targets it (same name)., type: bool, default: true}
-  kubeconfig: {description: Path of a kubeconfig (default the client's defaults)., type: path}
-  context: {description: Kubeconfig context., type: str}
-  celery_timeout: {description: Seconds to wait for Celery replies., type: float, default: 1.0}
-requirements: [kubernetes, celery]
+extends_documentation_fragment: [elastic_airflow.cluster.elastic_worker]
 author: elastic_airflow developers
 """
 
@@ -59,25 +54,15 @@ drains:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-try:
-    from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic import controller as C
-    from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic import kube as K
-    from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic import reconcile as R
-    IMPORT_ERROR = None
-except ImportError:
-    IMPORT_ERROR = traceback.format_exc()
+from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic_worker_module import (
+    C, argument_spec, read_elastic_worker, require_libraries)
 
 
 def one_pass(module, dry_run):
     p = module.params
-    kube = K.Kube(K.load_client(p["kubeconfig"], p["context"]), p["namespace"])
-    caches = dict((kind, C.MemoryCache(kube.list_once(kind)))
-                  for kind in ("pods", "elasticworkers", "elasticworkerautoscalers"))
-    ew = caches["elasticworkers"].get(p["namespace"], p["name"])
-    if ew is None:
-        module.fail_json(msg="ElasticWorker %s/%s not found" % (p["namespace"], p["name"]))
+    kube, caches, ew = read_elastic_worker(module)
     rec = C.Reconciler(kube, caches, dry_run=dry_run, celery_timeout=p["celery_timeout"])
     try:
         result = {}
@@ -97,19 +82,9 @@ def one_pass(module, dry_run):
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            name=dict(type="str", required=True),
-            namespace=dict(type="str", required=True),
-            autoscale=dict(type="bool", default=True),
-            kubeconfig=dict(type="path"),
-            context=dict(type="str"),
-            celery_timeout=dict(type="float", default=1.0),
-        ),
-        supports_check_mode=True,
-    )
-    if IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("kubernetes and celery"), exception=IMPORT_ERROR)
+    module = AnsibleModule(argument_spec=argument_spec(autoscale=dict(type="bool", default=True)),
+                           supports_check_mode=True)
+    require_libraries(module)
     try:
         module.exit_json(**one_pass(module, module.check_mode))
     except Exception as exc:  # report API/broker errors as a failure, not a traceback

@@ -13,13 +13,7 @@ description:
   - Reads the ElasticWorker, its pods and (with a broker) each Celery worker's active and
     reserved tasks; changes nothing.
 version_added: "0.1.0"
-options:
-  name: {description: Name of the ElasticWorker., type: str, required: true}
-  namespace: {description: Its namespace., type: str, required: true}
-  kubeconfig: {description: Path of a kubeconfig., type: path}
-  context: {description: Kubeconfig context., type: str}
-  celery_timeout: {description: Seconds to wait for Celery replies., type: float, default: 1.0}
-requirements: [kubernetes, celery]
+extends_documentation_fragment: [elastic_airflow.cluster.elastic_worker]
 author: elastic_airflow developers
 """
 
@@ -58,34 +52,18 @@ autoscaler:
 import json
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-try:
-    from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic import controller as C
-    from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic import kube as K
-    from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic import reconcile as R
-    IMPORT_ERROR = None
-except ImportError:
-    IMPORT_ERROR = traceback.format_exc()
+from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic_worker_module import (
+    C, R, argument_spec, read_elastic_worker, require_libraries)
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(name=dict(type="str", required=True), namespace=dict(type="str", required=True),
-                           kubeconfig=dict(type="path"), context=dict(type="str"),
-                           celery_timeout=dict(type="float", default=1.0)),
-        supports_check_mode=True,
-    )
-    if IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("kubernetes and celery"), exception=IMPORT_ERROR)
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    require_libraries(module)
     p = module.params
     try:
-        kube = K.Kube(K.load_client(p["kubeconfig"], p["context"]), p["namespace"])
-        caches = dict((kind, C.MemoryCache(kube.list_once(kind)))
-                      for kind in ("pods", "elasticworkers", "elasticworkerautoscalers"))
-        ew = caches["elasticworkers"].get(p["namespace"], p["name"])
-        if ew is None:
-            module.fail_json(msg="ElasticWorker %s/%s not found" % (p["namespace"], p["name"]))
+        kube, caches, ew = read_elastic_worker(module)
         rec = C.Reconciler(kube, caches, dry_run=True, celery_timeout=p["celery_timeout"])
         pods = rec._pods_of(ew)
         control = rec.control_for(p["namespace"], (ew["spec"].get("drain") or {}).get("brokerSecretRef"))

@@ -18,11 +18,12 @@ from kubernetes import client, config
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, HERE)
+sys.path.append(os.path.dirname(HERE))
 
 import harness  # noqa: E402
+from local_cluster import CACHE, SHARED_KUBECONFIG, api_fixture  # noqa: E402
 
-CACHE = os.environ.get("ELASTIC_AIRFLOW_CACHE", os.path.expanduser("~/.cache/elastic-airflow"))
-KUBECONFIG = os.environ.get("ELASTIC_AIRFLOW_E2E_KUBECONFIG", os.path.join(CACHE, "run", "cluster", "kubeconfig"))
+KUBECONFIG = os.environ.get("ELASTIC_AIRFLOW_E2E_KUBECONFIG", SHARED_KUBECONFIG)
 SERVICES = os.path.join(ROOT, "tests", "services", "services.sh")
 # A private Redis (it must require the password of the cluster's Secret).
 PRIVATE = os.path.join(CACHE, "e2e")
@@ -41,11 +42,7 @@ def services_env(name, extra=None):
     return dict(line.split("=", 1) for line in out.split())
 
 
-@pytest.fixture(scope="session")
-def api():
-    if not os.path.exists(KUBECONFIG):
-        pytest.fail("no cluster: %s is missing (run `make cluster-up`)" % KUBECONFIG)
-    return config.new_client_from_config(config_file=KUBECONFIG)
+api = api_fixture(KUBECONFIG)
 
 
 @pytest.fixture(scope="session")
@@ -277,3 +274,32 @@ def boot(request, api, venv, varsname, engine, broker, api_port, log_port_base, 
         b.close()
         raise
     return b
+
+
+def booted(varsname, engine, broker, api_port, log_port_base):
+    """A test module's fixture ``af``: the cluster of vars/<varsname> deployed and booted as local Airflow."""
+    @pytest.fixture(scope="module", name="af")
+    def af(request, api, airflow_venv, tmp_path_factory):
+        b = boot(request, api, airflow_venv, varsname, engine, broker, api_port, log_port_base, tmp_path_factory)
+        yield b
+        if request.session.testsfailed:
+            b.dump_logs()
+        b.close()
+    return af
+
+
+def run_hello(af, tmp_path, what):
+    """All components healthy, then one run of e2e_hello on a worker of the fleet; returns (health, pod)."""
+    h = af.healthy()
+    assert h, af.last_health
+    t0 = time.time()
+    out = str(tmp_path / "hello.txt")
+    run = af.run_dag("e2e_hello", {"path": out})
+    assert run["state"] == "success", run
+    timed(what, t0)
+    with open(out) as fh:
+        run_id, pod = fh.read().split()
+    assert run_id == run["dag_run_id"]
+    # it ran in the worker process of a worker pod of the cluster
+    assert pod in af.fleet.live(), (pod, af.fleet.live())
+    return h, pod

@@ -12,7 +12,7 @@ import time
 import uuid
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -20,11 +20,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 MODULE_UTILS = os.path.join(ROOT, "plugins", "module_utils")
 sys.path.insert(0, HERE)
 sys.path.insert(0, MODULE_UTILS)
+sys.path.append(os.path.dirname(HERE))
 
 import render  # noqa: E402
+from local_cluster import CACHE, SHARED_KUBECONFIG as KUBECONFIG, api_fixture  # noqa: E402
 
-CACHE = os.environ.get("ELASTIC_AIRFLOW_CACHE", os.path.expanduser("~/.cache/elastic-airflow"))
-KUBECONFIG = os.path.join(CACHE, "run", "cluster", "kubeconfig")
 REDIS_PORT = os.environ.get("ELASTIC_AIRFLOW_REDIS_PORT", "16379")
 GROUP, VERSION = "elastic-airflow.io", "v1"
 
@@ -36,11 +36,7 @@ def kubectl(*args, input=None):
                           input=input)
 
 
-@pytest.fixture(scope="session")
-def api():
-    if not os.path.exists(KUBECONFIG):
-        pytest.fail("no cluster: %s is missing (run `make cluster-up`)" % KUBECONFIG)
-    return config.new_client_from_config(config_file=KUBECONFIG)
+api = api_fixture(KUBECONFIG)
 
 
 @pytest.fixture(scope="session")
