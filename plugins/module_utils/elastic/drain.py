@@ -32,6 +32,7 @@ Record (JSON-serialisable dict)::
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import fcntl
 import json
@@ -82,7 +83,7 @@ class WorkerGone(Exception):
 # --- state stores ---------------------------------------------------------------
 
 
-class StateStore:
+class StateStore(abc.ABC):
     """Where the record of a drain in progress lives, keyed by worker.
 
     ``get`` returns the record or None; ``put`` writes it (raises WorkerGone if
@@ -91,14 +92,17 @@ class StateStore:
     know return True).
     """
 
-    def get(self, worker: str) -> Optional[dict]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def get(self, worker: str) -> Optional[dict]:
+        """See the class docstring."""
 
-    def put(self, worker: str, record: dict) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def put(self, worker: str, record: dict) -> None:
+        """See the class docstring."""
 
-    def delete(self, worker: str) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def delete(self, worker: str) -> None:
+        """See the class docstring."""
 
     def exists(self, worker: str) -> bool:
         return True

@@ -11,6 +11,7 @@ of the same name (a StatefulSet replacement) starts clean.
 
 from __future__ import annotations
 
+import abc
 import json
 from typing import Optional
 
@@ -35,8 +36,9 @@ class AnnotationStore(StateStore):
 
     annotation = ANNOTATION
 
-    def _send(self, pod: str, annotations: dict):  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _send(self, pod: str, annotations: dict):
+        """Send the merge patch of the pod's annotations; return the API's answer."""
 
     def _patch(self, pod: str, value: Optional[str]):
         try:
