@@ -7,12 +7,14 @@ read the cluster back.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import tempfile
 
@@ -57,15 +59,33 @@ def kubeconfig() -> pathlib.Path:
     return cache_dir() / "run" / "cluster" / "kubeconfig"
 
 
+@functools.lru_cache(maxsize=1)
+def installed_collection() -> str:
+    """The collection as users get it: built with ansible-galaxy and installed
+    offline into an empty collections path (kubernetes.core still comes from
+    the `ansible` package). Returns that collections path."""
+    target = pathlib.Path(tempfile.mkdtemp(prefix="elastic-airflow-collection-"))
+    atexit.register(shutil.rmtree, target, True)
+    subprocess.run(["ansible-galaxy", "collection", "build", "--output-path", str(target), str(REPO)],
+                   check=True, capture_output=True)
+    tarball = next(target.glob("elastic_airflow-cluster-*.tar.gz"))
+    subprocess.run(["ansible-galaxy", "collection", "install", "--offline", "--no-deps", "-p", str(target / "installed"), str(tarball)],
+                   check=True, capture_output=True, env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(target / "installed")))
+    return str(target / "installed")
+
+
 def run_playbook(playbook: str, *args: str, extra_vars: dict | None = None, timeout: int = 1200) -> Run:
-    """ansible-playbook against inventories/local; output is returned, not printed."""
+    """`ansible-playbook elastic_airflow.cluster.<playbook>` from the installed
+    collection, against inventories/local; output is returned, not printed."""
     import time
 
-    cmd = ["ansible-playbook", "-i", str(INVENTORY), str(REPO / "playbooks" / playbook), *args]
+    name = "elastic_airflow.cluster." + playbook.removesuffix(".yml")
+    cmd = ["ansible-playbook", "-i", str(INVENTORY), name, *args]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(extra_vars or {}, fh)
     cmd += ["-e", "@" + fh.name]
-    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1", ANSIBLE_HOST_KEY_CHECKING="0")
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1", ANSIBLE_HOST_KEY_CHECKING="0",
+               ANSIBLE_COLLECTIONS_PATH=installed_collection())
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     os.unlink(fh.name)
