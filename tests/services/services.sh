@@ -15,14 +15,16 @@
 # with `launch`), svc_<name>_ready (exit 0 once it answers) and svc_<name>_env
 # (print its connection settings); nothing else needs to change.
 #
-# Ports (override through the environment):
+# Ports (override through the environment). All below 32768: a listener in
+# the kernel's ephemeral range (32768-60999) fails with EADDRINUSE whenever a
+# client connection happens to hold that local port.
 #   redis     ELASTIC_AIRFLOW_REDIS_PORT     (16379)
 #             ELASTIC_AIRFLOW_REDIS_PASSWORD (default none: no AUTH; set it to
 #             run an instance that requires it, e.g. with its own port and
 #             ELASTIC_AIRFLOW_CACHE)
-#   rabbitmq  ELASTIC_AIRFLOW_RABBITMQ_PORT  (35672, AMQP)
-#             ELASTIC_AIRFLOW_RABBITMQ_DIST_PORT (35673, Erlang distribution)
-#             ELASTIC_AIRFLOW_EPMD_PORT      (34369, a private epmd)
+#   rabbitmq  ELASTIC_AIRFLOW_RABBITMQ_PORT  (25672, AMQP)
+#             ELASTIC_AIRFLOW_RABBITMQ_DIST_PORT (25673, Erlang distribution)
+#             ELASTIC_AIRFLOW_EPMD_PORT      (24369, a private epmd)
 #   postgresql ELASTIC_AIRFLOW_POSTGRESQL_PORT (15432)
 #   mariadb   ELASTIC_AIRFLOW_MARIADB_PORT   (13306)
 #
@@ -40,11 +42,11 @@ START_TIMEOUT="${ELASTIC_AIRFLOW_SERVICE_START_TIMEOUT:-60}"
 
 REDIS_PORT="${ELASTIC_AIRFLOW_REDIS_PORT:-16379}"
 REDIS_PASSWORD="${ELASTIC_AIRFLOW_REDIS_PASSWORD:-}"
-RABBITMQ_PORT="${ELASTIC_AIRFLOW_RABBITMQ_PORT:-35672}"
+RABBITMQ_PORT="${ELASTIC_AIRFLOW_RABBITMQ_PORT:-25672}"
 POSTGRESQL_PORT="${ELASTIC_AIRFLOW_POSTGRESQL_PORT:-15432}"
 MARIADB_PORT="${ELASTIC_AIRFLOW_MARIADB_PORT:-13306}"
-RABBITMQ_DIST="${ELASTIC_AIRFLOW_RABBITMQ_DIST_PORT:-35673}"
-EPMD_PORT="${ELASTIC_AIRFLOW_EPMD_PORT:-34369}"
+RABBITMQ_DIST="${ELASTIC_AIRFLOW_RABBITMQ_DIST_PORT:-25673}"
+EPMD_PORT="${ELASTIC_AIRFLOW_EPMD_PORT:-24369}"
 
 die() { echo "services.sh: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: $2"; }
