@@ -39,20 +39,22 @@ def _service(name: str):
     return running
 
 
+def _server_url(name: str, key: str):
+    """Yield the server's URL; stop it afterwards only if this session started it."""
+    was_running = _service(name)
+    yield _service_env(name)[key]
+    if not was_running:
+        subprocess.run([str(SERVICES), "stop", name], check=False)
+
+
 @pytest.fixture(scope="session")
 def redis_url():
-    was_running = _service("redis")
-    yield _service_env("redis")["REDIS_URL"]
-    if not was_running:
-        subprocess.run([str(SERVICES), "stop", "redis"], check=False)
+    yield from _server_url("redis", "REDIS_URL")
 
 
 @pytest.fixture(scope="session")
 def rabbitmq_url():
-    was_running = _service("rabbitmq")
-    yield _service_env("rabbitmq")["RABBITMQ_URL"]
-    if not was_running:
-        subprocess.run([str(SERVICES), "stop", "rabbitmq"], check=False)
+    yield from _server_url("rabbitmq", "RABBITMQ_URL")
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
