@@ -237,6 +237,15 @@ def test_check_mode_is_a_dry_run_and_reports_what_it_cannot_dry_run():
     assert api.reads <= 3
 
 
+def test_check_mode_with_an_existing_namespace_in_the_batch_changes_nothing():
+    api = FakeApi()
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}}
+    run_of(api).apply([namespace, secret()], "ns")
+    dry = run_of(api, check_mode=True)
+    dry.apply([namespace, secret()], "ns")
+    assert [o["action"] for o in dry.objects()] == ["unchanged", "unchanged"] and not dry.changed
+
+
 def test_wait_covers_all_objects_at_once_and_speeds_up_reads():
     api = FakeApi()
     run = run_of(api)

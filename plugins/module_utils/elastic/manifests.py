@@ -217,7 +217,6 @@ class ManifestRun:
 
     def apply(self, definitions, namespace):
         """Server-side apply every definition, in order."""
-        created_namespaces = set()
         for definition in definitions:
             definition = copy.deepcopy(definition)
             api_version, kind, obj_ns, name = identity(definition)
@@ -236,9 +235,7 @@ class ManifestRun:
             else:
                 definition["metadata"].pop("namespace", None)
                 obj_ns = None
-            if kind == "Namespace":
-                created_namespaces.add(name)
-            if self.check_mode and obj_ns and (obj_ns in created_namespaces or not self.namespace_exists(obj_ns)):
+            if self.check_mode and obj_ns and not self.namespace_exists(obj_ns):
                 # The API server refuses a dry run into a namespace that does not exist yet.
                 self._record(definition, "would create (namespace %s does not exist yet)" % obj_ns, None, definition)
                 continue
