@@ -127,6 +127,18 @@ def test_drain_playbook_scales_down_exactly_the_drained_workers(kube, deployed, 
         assert rc != 0 and needle in out, (extra, out[-3000:])
     assert replicas(kube, ns, name) == 3
 
+    # an HPA on the StatefulSet would add the drained workers back: refused
+    from kubernetes import client
+    hpa_api = client.AutoscalingV2Api()
+    hpa_api.create_namespaced_horizontal_pod_autoscaler(ns, {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": name + "-worker"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name + "-worker"},
+                 "minReplicas": 1, "maxReplicas": 5}})
+    rc, out = run_drain(ns, name, collections_path, elastic_airflow_drain_count=1)
+    hpa_api.delete_namespaced_horizontal_pod_autoscaler(name + "-worker", ns)
+    assert rc != 0 and "would add the drained workers back" in out, out[-3000:]
+    assert replicas(kube, ns, name) == 3 and all(ctl.queues(h) for h in hosts)
+
     # check mode: reports, changes nothing
     rc, out = run_drain(ns, name, collections_path, "--check", elastic_airflow_drain_count=2)
     assert rc == 0, out[-3000:]
