@@ -34,6 +34,14 @@ def test_a_pass_forgets_the_pods_that_are_gone():
     assert rec._concurrency == {} and rec._drains == {}
 
 
+def test_a_pass_forgets_the_elastic_workers_and_autoscalers_that_are_gone():
+    rec = C.Reconciler(kube=None, caches=caches([]))
+    rec._expect_create["u-ew"] = {"w-x": 1e18}
+    rec._next_poll["u-ewa"] = 1e18
+    rec.reconcile_all()
+    assert rec._expect_create == {} and rec._next_poll == {}
+
+
 class FakeKube:
     """patch_pod_annotations as kube.Kube does it: merge the annotations, return the pod."""
 

@@ -430,17 +430,21 @@ class Reconciler:
 
     # -------------------------------------------------------------- everything
 
-    def forget_gone_pods(self):
-        """Drop what is kept per pod (drains, pool sizes) for pods no longer in the cache."""
-        if not (self._drains or self._concurrency):
-            return
-        live = set(p["metadata"].get("uid") for p in self.caches["pods"].items())
-        for kept in (self._drains, self._concurrency):
-            for uid in [u for u in kept if u not in live]:
-                del kept[uid]
+    def forget_gone(self):
+        """Drop what is kept per object (drains and pool sizes per pod, expected
+        pods per ElasticWorker, poll times per autoscaler) once it left the cache."""
+        for cache, kept_maps in (("pods", (self._drains, self._concurrency)),
+                                 ("elasticworkers", (self._expect_create,)),
+                                 ("elasticworkerautoscalers", (self._next_poll,))):
+            if not any(kept_maps):
+                continue
+            live = set(o["metadata"].get("uid") for o in self.caches[cache].items())
+            for kept in kept_maps:
+                for uid in [u for u in kept if u not in live]:
+                    del kept[uid]
 
     def reconcile_all(self, force_autoscalers=False):
-        self.forget_gone_pods()
+        self.forget_gone()
         reports = []
         for ewa in self.caches["elasticworkerautoscalers"].items():
             try:
