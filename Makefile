@@ -61,7 +61,10 @@ test-static: venv collection-link ## yamllint, ansible-lint (production profile)
 	yamllint --strict .
 	ansible-lint --profile production
 	@for p in playbooks/*.yml; do ansible-playbook -i $(INVENTORY) --syntax-check $$p >/dev/null || exit 1; done; echo "syntax-check ok"
-	@for m in plugins/modules/*.py; do ansible-doc elastic_airflow.cluster.$$(basename $$m .py) >/dev/null || exit 1; done; echo "ansible-doc ok"
+	@# Every module, filter and test is documented (filters and tests in their .yml sidecars).
+	@for m in plugins/modules/*.py; do ansible-doc elastic_airflow.cluster.$$(basename $$m .py) >/dev/null || exit 1; done; \
+	for t in filter test; do for d in plugins/$$t/*.yml; do ansible-doc -t $$t elastic_airflow.cluster.$$(basename $$d .yml) >/dev/null || exit 1; done; done; \
+	echo "ansible-doc ok"
 	@# The built tarball installs offline into an empty collections path and its playbooks load from there.
 	@tmp=$$(mktemp -d) && ansible-galaxy collection build --force --output-path $$tmp >/dev/null \
 	  && ANSIBLE_COLLECTIONS_PATH=$$tmp/installed ansible-galaxy collection install --offline --no-deps -p $$tmp/installed $$tmp/elastic_airflow-cluster-*.tar.gz >/dev/null \
