@@ -44,6 +44,7 @@ try:
     from ansible_collections.kubernetes.core.plugins.module_utils.args_common import AUTH_ARG_SPEC
     from ansible_collections.kubernetes.core.plugins.module_utils.k8s.client import get_api_client
     from ansible_collections.kubernetes.core.plugins.module_utils.k8s.exceptions import CoreException
+    from kubernetes.client import VersionApi
     from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
     K8S_IMPORT_ERROR = None
 except ImportError as exc:  # reported when the task runs
@@ -99,7 +100,6 @@ class ActionModule(ActionBase):
         for option, (variable, fallback) in SHARED_SETTINGS.items():
             if args.get(option) is None:
                 args[option] = self._shared_setting(variable, task_vars) or fallback
-        args["wait_timeout"] = int(args["wait_timeout"])
         for key in ("absent", "prune", "wait_for"):
             for ref in args[key]:
                 needed = ["api_version", "kind", "name" if key == "absent" else "label_selectors"]
@@ -122,6 +122,13 @@ class ActionModule(ActionBase):
             client = get_api_client(**auth).client
         except CoreException as exc:
             return dict(result, failed=True, msg=to_native(exc))
+        if not (definitions or args["absent"] or args["prune"] or args["wait_for"]):
+            return self._server_version(result, client)
+        try:
+            args["wait_timeout"] = int(args["wait_timeout"])
+        except (TypeError, ValueError):
+            return dict(result, failed=True, msg="wait_timeout (elastic_airflow_wait_timeout) must be a whole number "
+                        "of seconds, got %r" % (args["wait_timeout"],))
         run = ManifestRun(client, NotFoundError, ResourceNotFoundError, args["field_manager"],
                           force_conflicts=args["force_conflicts"], check_mode=self._play_context.check_mode)
         try:
@@ -139,6 +146,15 @@ class ActionModule(ActionBase):
         if self._play_context.diff and run.changed:
             result["diff"] = run.diffs()
         return result
+
+    @staticmethod
+    def _server_version(result, client):
+        """Nothing to do but check that the API server answers."""
+        try:
+            version = VersionApi(client.client).get_code()  # a request, not the discovery cache
+        except Exception as exc:  # connection refused, TLS or credentials: the client raises many types
+            return dict(result, failed=True, msg="The Kubernetes API server does not answer: %s" % api_error(exc))
+        return dict(result, changed=False, objects=[], server_version=version.git_version)
 
     def _shared_setting(self, variable, task_vars):
         if variable not in task_vars:

@@ -26,6 +26,9 @@ description:
   - In check mode every apply is a server-side dry run. An object in a namespace that does not
     exist yet, or of a kind whose CRD is not served yet, cannot be dry-run; it is reported as
     C(would create) instead of failing.
+  - With nothing to apply, delete, prune or wait for, only checks that the API server answers
+    (C(GET /version), which every authenticated user may read) and returns its version: a
+    playbook's first task can fail early on a wrong kubeconfig or context.
   - Never returns object contents. Diffs show a Secret's keys, never its values, and an API
     error about a Secret is reduced to its HTTP status, so the task needs no C(no_log).
 version_added: "0.2.0"
@@ -137,6 +140,9 @@ EXAMPLES = r"""
     namespace: airflow
     absent:
       - {api_version: apps/v1, kind: Deployment, name: airflow-flower}
+
+- name: Check that the Kubernetes API answers, before anything else
+  elastic_airflow.cluster.apply_manifests: {}
 """
 
 RETURN = r"""
@@ -150,4 +156,9 @@ objects:
   elements: dict
   sample:
     - {api_version: apps/v1, kind: StatefulSet, namespace: airflow, name: airflow-database, action: unchanged}
+server_version:
+  description: The API server's version (C(gitVersion)), when there was nothing else to do.
+  returned: when O(templates), O(definitions), O(absent), O(prune) and O(wait_for) are all empty
+  type: str
+  sample: v1.33.13
 """
