@@ -7,6 +7,8 @@ Prints, in one run on the local control plane:
   - the floor: `kubectl apply --server-side` of the very manifests site.yml
     rendered, plus `kubectl wait` for the same conditions, layer by layer in
     the same order (so migrations still complete before Airflow starts),
+  - the no-op floor: the same kubectl apply + wait again on the cluster it
+    converged, i.e. what re-checking every object costs at the least,
 and the ratios against the targets (first <= 1.5 x floor, no-op <= 0.5 x first).
 
 This machine's timings vary by 20-40 % from one run to the next (a shared
@@ -91,7 +93,7 @@ def floor(manifests: pathlib.Path) -> float:
 
 
 def main() -> None:
-    firsts, noops, floors = [], [], []
+    firsts, noops, floors, noop_floors = [], [], [], []
     count = 0
     for _ in range(ROUNDS):
         teardown()
@@ -101,10 +103,11 @@ def main() -> None:
             playbook("site.yml", "-e", json.dumps({"elastic_airflow_render_dir": tmp}))
             teardown()
             floors.append(floor(pathlib.Path(tmp)))
+            noop_floors.append(floor(pathlib.Path(tmp)))
             count = len(list(pathlib.Path(tmp).iterdir()))
     teardown()
     playbook("site.yml")  # leave the cluster converged by the collection itself
-    first, noop, floor_s = (statistics.median(x) for x in (firsts, noops, floors))
+    first, noop, floor_s, noop_floor = (statistics.median(x) for x in (firsts, noops, floors, noop_floors))
 
     def samples(values):
         return "  (" + ", ".join("%.1f" % v for v in values) + ")"
@@ -113,8 +116,11 @@ def main() -> None:
     print(f"first converge (site.yml):      {first:7.1f} s" + samples(firsts))
     print(f"no-op re-run (site.yml):        {noop:7.1f} s" + samples(noops))
     print(f"floor (kubectl apply + wait):   {floor_s:7.1f} s" + samples(floors))
+    print(f"no-op floor (the same again):   {noop_floor:7.1f} s" + samples(noop_floors))
     print(f"first / floor:                  {first / floor_s:7.2f}  (target <= 1.5)")
     print(f"no-op / first:                  {noop / first:7.2f}  (target <= 0.5)")
+    print(f"no-op floor / floor:            {noop_floor / floor_s:7.2f}  (kubectl's own no-op against its first apply)")
+    print(f"no-op / no-op floor:            {noop / noop_floor:7.2f}")
     print("medians of the samples in parentheses")
 
 
