@@ -27,7 +27,7 @@ description:
     exist yet, or of a kind whose CRD is not served yet, cannot be dry-run; it is reported as
     C(would create) instead of failing.
   - With nothing to apply, delete, prune or wait for, only checks that the API server answers
-    (C(GET /version), which every authenticated user may read) and returns its version: a
+    (C(GET /version), which every authenticated user may read) and returns its version, so a
     playbook's first task can fail early on a wrong kubeconfig or context.
   - Never returns object contents. Diffs show a Secret's keys, never its values, and an API
     error about a Secret is reduced to its HTTP status, so the task needs no C(no_log).
