@@ -46,13 +46,21 @@ class Instance:
         return copy.deepcopy(self.obj)
 
 
+def respond(instance, serializer):
+    """What the client returns: a ResourceInstance, or what the given serializer makes of the JSON."""
+    return serializer(None, instance.to_dict()) if serializer else instance
+
+
 class Resource:
     def __init__(self, api, api_version, kind):
         self.api, self.api_version, self.kind = api, api_version, kind
         self.namespaced = kind in NAMESPACED
 
-    def get(self, name=None, namespace=None, label_selector=None):
+    def get(self, name=None, namespace=None, label_selector=None, serializer=None):
         self.api.reads += 1
+        return respond(self._get(name, namespace, label_selector), serializer)
+
+    def _get(self, name, namespace, label_selector):
         if name is None:
             wanted = dict(req.split("=") for req in label_selector.split(","))
             items = [o for (k, ns, _n), o in sorted(self.api.objects.items())
@@ -101,7 +109,7 @@ class FakeApi:
             self.objects[key]["status"] = self.progress[key].pop(0)
 
     def server_side_apply(self, resource, body=None, name=None, namespace=None, field_manager=None,
-                          force_conflicts=None, dry_run=None):
+                          force_conflicts=None, dry_run=None, serializer=None):
         if self.fail_apply:
             raise self.fail_apply
         self.applied.append((resource.kind, name, field_manager, force_conflicts, dry_run))
@@ -119,7 +127,7 @@ class FakeApi:
             merged["metadata"]["generation"] = merged["metadata"].get("generation", 0) + 1
         if not dry_run:
             self.objects[key] = merged
-        return Instance(merged)
+        return respond(Instance(merged), serializer)
 
 
 def run_of(api, **kwargs):
