@@ -216,6 +216,14 @@ class CeleryFleet:
                         proc.send_signal(signal.SIGTERM)  # warm shutdown
             time.sleep(0.3)
 
+    def seen_deleted(self, names, timeout=10):
+        """{pod: time its deletion was seen} for these pods, once this fleet has seen each deleted:
+        it polls on its own clock, so a test may see a deletion before the fleet does."""
+        names = list(names)
+        wait_for(lambda: all(name in self.deleted_at for name in names), timeout,
+                 what="the fleet seeing %s deleted" % ", ".join(names))
+        return dict((name, self.deleted_at[name]) for name in names)
+
     def stop(self):
         self._stop.set()
         self._thread.join(5)

@@ -75,7 +75,12 @@ def test_scale_out_and_in_through_idle_workers_only(core, custom, namespace, con
     first_deleted = min(fleet.deleted_at.values())
     latency = first_deleted - burst_done
     wait_for(lambda: len(records(r, queue + ":done")) == len(tokens) + 2, 90, what="long tasks done")
-    wait_for(lambda: len(live_pods(core, namespace)) == 1, BACKOFF * 3 + 60, what="scale-in to 1")
+    last = wait_for(lambda: (lambda ps: ps if len(ps) == 1 else None)(live_pods(core, namespace)),
+                    BACKOFF * 3 + 60, what="scale-in to 1")
+    # every other worker's deletion is checked below, so the fleet must have seen each
+    with fleet.lock:
+        spawned = set(fleet.started_at)
+    fleet.seen_deleted(spawned - {last[0].metadata.name})
 
     done = records(r, queue + ":done")
     started = records(r, queue + ":started")

@@ -96,10 +96,8 @@ def test_template_change_replaces_pods_one_at_a_time_without_losing_tasks(core, 
     # never more than replicas + 1 pods (one surge pod), never fewer than replicas
     assert max(counter.samples) <= 4, counter.samples
     assert min(counter.samples) >= 3, counter.samples
-    # one at a time: the old pods went at three different moments, each after its tasks ended.
-    # The fleet polls on its own clock, so it may see the last deletion after rolled() did.
-    wait_for(lambda: all(p in fleet.deleted_at for p in old_names), 10, what="the fleet seeing every deletion")
-    gone = dict((p, fleet.deleted_at[p]) for p in old_names)
+    # one at a time: the old pods went at three different moments, each after its tasks ended
+    gone = fleet.seen_deleted(old_names)
     assert len(gone) == 3
     done = records(r, queue + ":done")
     wait_for(lambda: len(records(r, queue + ":done")) == 2, 30, what="long tasks done")
