@@ -44,8 +44,9 @@ def plain(_client, data):
     """Serializer for the client's requests: the response as the dict the API sent.
 
     The client's default wraps every response in a ResourceInstance (a tree of
-    ResourceFields) that ``to_dict()`` then copies back; for the hundred objects
-    of a no-op site.yml run that costs more CPU than the requests.
+    ResourceFields) that ``to_dict()`` then copies back: about 1 ms of CPU per
+    response on the local cluster (a GET of a StatefulSet is about 7 ms), paid
+    two to three times per object of every layer.
     """
     return data
 
