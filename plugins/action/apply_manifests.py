@@ -165,8 +165,10 @@ class ActionModule(ActionBase):
         """Render each template like the template module does: found in the calling role's
         templates/ first, with the task's variables, `{% import %}` relative to its directory.
 
-        One templar for all of them, and no copy of the variables per template (the template
-        lookup deep-copies them for each one; a layer's dozen templates would pay that each time).
+        No copy of the variables per template (the template lookup deep-copies them for each
+        one; a layer's dozen templates would pay that each time), and one Jinja environment per
+        template directory: its cache compiles a shared `{% import %}` such as _macros.j2 once
+        per task instead of once per template.
         """
         if not templates:
             return []
@@ -176,8 +178,12 @@ class ActionModule(ActionBase):
             searchpath.extend([os.path.join(path, "templates"), path])
         self._rendered = []
         docs = []
+        templars = {}
         for path in paths:
-            templar = self._templar.copy_with_new_env(searchpath=[os.path.dirname(path)] + searchpath)
+            directory = os.path.dirname(path)
+            if directory not in templars:
+                templars[directory] = self._templar.copy_with_new_env(searchpath=[directory] + searchpath)
+            templar = templars[directory]
             source = trust_as_template(self._loader.get_text_file_contents(path))
             # A plain str: libyaml refuses str subclasses such as Ansible's tagged strings.
             text = str.__str__(templar.template(source, escape_backslashes=False))
