@@ -114,6 +114,12 @@ def live_pods(core, namespace, app=None):
             and (app is None or (p.metadata.labels or {}).get("app") == app)]
 
 
+def exactly_live_pods(core, namespace, count):
+    """The live pods when there are exactly ``count`` of them, else None: a wait_for predicate that returns them."""
+    pods = live_pods(core, namespace)
+    return pods if len(pods) == count else None
+
+
 class ControllerProcess:
     """``python -m elastic.controller`` against the local cluster, as a child process."""
 

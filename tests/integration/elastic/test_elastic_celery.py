@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 
-from conftest import GROUP, VERSION, elastic_worker, live_pods, wait_for
+from conftest import GROUP, VERSION, elastic_worker, exactly_live_pods, live_pods, wait_for
 
 pytestmark = pytest.mark.usefixtures("crds")
 
@@ -75,8 +75,7 @@ def test_scale_out_and_in_through_idle_workers_only(core, custom, namespace, con
     first_deleted = min(fleet.deleted_at.values())
     latency = first_deleted - burst_done
     wait_for(lambda: len(records(r, queue + ":done")) == len(tokens) + 2, 90, what="long tasks done")
-    last = wait_for(lambda: (lambda ps: ps if len(ps) == 1 else None)(live_pods(core, namespace)),
-                    BACKOFF * 3 + 60, what="scale-in to 1")
+    last = wait_for(lambda: exactly_live_pods(core, namespace, 1), BACKOFF * 3 + 60, what="scale-in to 1")
     # every other worker's deletion is checked below, so the fleet must have seen each
     with fleet.lock:
         spawned = set(fleet.started_at)

@@ -15,7 +15,7 @@ import time
 import pytest
 import redis
 
-from conftest import GROUP, VERSION, elastic_worker, live_pods, wait_for
+from conftest import GROUP, VERSION, elastic_worker, exactly_live_pods, live_pods, wait_for
 
 pytestmark = pytest.mark.usefixtures("crds")
 
@@ -57,7 +57,7 @@ def test_template_change_replaces_pods_one_at_a_time_without_losing_tasks(core, 
     controllers("ctl-a")
     from elastic.celery_control import CeleryControl
     ctl = CeleryControl(redis_url, timeout=1.0)
-    old = wait_for(lambda: (lambda ps: ps if len(ps) == 3 else None)(live_pods(core, namespace)), 60, what="3 pods")
+    old = wait_for(lambda: exactly_live_pods(core, namespace, 3), 60, what="3 pods")
     old_names = sorted(p.metadata.name for p in old)
     old_hash = old[0].metadata.annotations[HASH]
     wait_for(lambda: all(ctl.ping(["celery@" + n for n in old_names]).values()), 60, what="3 workers up")
