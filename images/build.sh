@@ -128,7 +128,45 @@ build_layers() {
     umoci gc --layout "$layout"
 }
 
-LAYER_FUNCTIONS=(in_rootfs unmount_all apt_install build_layers)
+# The few files a from-scratch image of one static binary needs: users root,
+# nobody (65534) and nonroot (65532), /tmp, and the host's (Debian's) CA
+# certificates.
+scratch_files() {
+    local rootfs=$1
+    install -d "$rootfs/etc/ssl/certs"
+    install -d -m 1777 "$rootfs/tmp"
+    install -m 644 /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
+    printf '%s\n' 'root:x:0:0:root:/root:/sbin/nologin' 'nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin' \
+        'nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin' > "$rootfs/etc/passwd"
+    printf '%s\n' 'root:x:0:' 'nobody:x:65534:' 'nonroot:x:65532:' > "$rootfs/etc/group"
+}
+
+# go_binary OUT PKG@VERSION LDFLAGS [REPLACE]: a static binary from the Go
+# module proxy, built once per OUT path (which names the version). With
+# REPLACE (a go.mod replace directive) it is built in a throwaway main module
+# that carries it, since `go install pkg@version` refuses modules with one.
+go_binary() {
+    local out=$1 pkgver=$2 ldflags=$3 replace=${4:-}
+    [ -x "$out" ] && return
+    echo "building $(basename "$out") ${pkgver#*@} from the Go module proxy (cold: minutes)" >&2
+    mkdir -p "$(dirname "$out")"
+    if [ -z "$replace" ]; then
+        local bin=$out.gobin
+        rm -rf "$bin"
+        GOBIN=$bin CGO_ENABLED=0 go install -trimpath -ldflags "$ldflags" "$pkgver"
+        mv "$bin"/* "$out.tmp"
+        rm -rf "$bin"
+    else
+        local d
+        d=$(mktemp -d)
+        printf 'module %s-build\n\ngo 1.24\n\nreplace %s\n' "$(basename "$out")" "$replace" > "$d/go.mod"
+        (cd "$d" && go get "$pkgver" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out.tmp" "${pkgver%@*}")
+        rm -rf "$d"
+    fi
+    mv "$out.tmp" "$out"
+}
+
+LAYER_FUNCTIONS=(in_rootfs unmount_all apt_install build_layers scratch_files go_binary)
 
 # --- Keys, builds, imports ------------------------------------------------------
 
