@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The local Kubernetes control plane for tests and the demo: real etcd,
+# The local Kubernetes cluster for tests and the demo: real etcd,
 # kube-apiserver, kube-controller-manager and kube-scheduler as local
-# processes, plus KWOK, which plays the kubelet for three fake nodes so that
-# pods are scheduled and become Running/Ready (their containers never run).
+# processes; one REAL node (containerd + runc, kubelet, kube-proxy, CoreDNS as
+# a pod; node.sh) that runs containers; and KWOK, which plays the kubelet of
+# fake nodes for scale tests. The fake nodes are tainted
+# (kwok.x-k8s.io/node=fake:NoSchedule): only pods that tolerate it land there,
+# and their containers never run.
 #
 #   tests/cluster/cluster.sh up       start everything (a no-op when already up)
 #   tests/cluster/cluster.sh down     stop exactly what `up` started, remove the state
@@ -15,13 +18,19 @@
 #                                      the admin kubeconfig is $STATE/kubeconfig
 #   ELASTIC_AIRFLOW_CLUSTER_PORT_BASE  default 16443: apiserver = base, etcd client
 #                                      +1, etcd peer +2, controller-manager +3,
-#                                      scheduler +4 (all on 127.0.0.1)
+#                                      scheduler +4, kubelet +5 and +6 (healthz),
+#                                      kube-proxy +7 (healthz) and +8 (metrics)
+#   ELASTIC_AIRFLOW_CLUSTER_REAL_NODE  1 (default): start the real node; 0: KWOK only.
+#                                      One real node runs on a machine at a time.
 #   ELASTIC_AIRFLOW_CLUSTER_NODES      number of fake nodes, default 3
-#   ELASTIC_AIRFLOW_CLUSTER_PVS        size of the PersistentVolume pool, default 20
+#   ELASTIC_AIRFLOW_CLUSTER_PVS        PersistentVolumes on the fake nodes, default 20
+#   ELASTIC_AIRFLOW_CLUSTER_NODE_PVS   PersistentVolumes on the real node, default 20
 #
-# Everything listens on 127.0.0.1 only. Each component logs to $STATE/logs/
-# and its pid is kept in $STATE/pids/; `down` signals only those pids, after
-# checking that each still runs one of our binaries.
+# Everything listens on 127.0.0.1, but for what pods must reach: with a real
+# node the apiserver and the kubelet listen on the node's bridge address
+# 198.18.0.1 (our own range, on a bridge we create; see node.sh). Each
+# component logs to $STATE/logs/ and its pid is kept in $STATE/pids/; `down`
+# signals only those pids, after checking that each still runs our binary.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
@@ -32,18 +41,35 @@ STATE=${ELASTIC_AIRFLOW_CLUSTER_STATE:-$ELASTIC_AIRFLOW_CACHE/run/cluster}
 PORT_BASE=${ELASTIC_AIRFLOW_CLUSTER_PORT_BASE:-16443}
 NODES=${ELASTIC_AIRFLOW_CLUSTER_NODES:-3}
 PVS=${ELASTIC_AIRFLOW_CLUSTER_PVS:-20}
+NODE_PVS=${ELASTIC_AIRFLOW_CLUSTER_NODE_PVS:-20}
+REAL_NODE=${ELASTIC_AIRFLOW_CLUSTER_REAL_NODE:-1}
 API_PORT=$PORT_BASE
 ETCD_PORT=$((PORT_BASE + 1))
 ETCD_PEER_PORT=$((PORT_BASE + 2))
 KCM_PORT=$((PORT_BASE + 3))
 SCHED_PORT=$((PORT_BASE + 4))
-SERVICE_CIDR=10.96.0.0/16
-SERVICE_IP=10.96.0.1
-POD_CIDR=10.244.0.1/16
+SERVICE_CIDR=198.19.0.0/16
+SERVICE_IP=198.19.0.1
 ISSUER=https://kubernetes.default.svc.cluster.local
+# shellcheck source=node.sh
+. "$here/node.sh"
 # Stop order; start order is the reverse. pv-recycler is cluster.sh itself in
 # a loop (see recycle_loop), the others are the binaries of the same name.
-COMPONENTS=(pv-recycler kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
+# With a real node, kube-proxy, kubelet and containerd stop right after the
+# pv-recycler (node_down).
+CONTROL_PLANE=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
+NODE_COMPONENTS=(kube-proxy kubelet containerd)
+# What runs: `up` decides (ELASTIC_AIRFLOW_CLUSTER_REAL_NODE) and records it
+# in the state dir ($STATE/node/enabled) for status and down.
+components() {
+  if [ -f "$STATE/node/enabled" ]; then
+    echo pv-recycler "${NODE_COMPONENTS[@]}" "${CONTROL_PLANE[@]}"
+  else
+    echo pv-recycler "${CONTROL_PLANE[@]}"
+  fi
+}
+# The apiserver's address: the node's, where pods must reach it.
+api_host() { if [ -f "$STATE/node/enabled" ]; then echo "$NODE_IP"; else echo 127.0.0.1; fi; }
 
 log() { printf '[cluster %2ds] %s\n' "$SECONDS" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -102,7 +128,7 @@ make_pki() {
   newca front-proxy-ca elastic-airflow-local-front-proxy-ca  # aggregation layer
   local loop="IP:127.0.0.1,DNS:localhost"
   newcert apiserver ca /CN=kube-apiserver serverAuth \
-    "$loop,IP:$SERVICE_IP,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    "$loop,IP:$NODE_IP,IP:$SERVICE_IP,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   newcert admin ca "/O=system:masters/CN=kubernetes-admin" clientAuth
   newcert controller-manager ca /CN=system:kube-controller-manager clientAuth
   newcert scheduler ca /CN=system:kube-scheduler clientAuth
@@ -127,7 +153,7 @@ kind: Config
 clusters:
 - name: elastic-airflow-local
   cluster:
-    server: https://127.0.0.1:$API_PORT
+    server: https://$(api_host):$API_PORT
     certificate-authority-data: $(b64 "$PKI/ca.crt")
 users:
 - name: $3
@@ -145,11 +171,15 @@ EOF
 }
 
 # ------------------------------------------------------------------ processes
-start() { # name args...
-  local name=$1; shift
+start() { # name args...: one of our binaries in $BIN
+  start_system "$1" "$BIN/$1" "${@:2}"
+}
+
+start_system() { # name path args...
+  local name=$1 path=$2; shift 2
   log "starting $name"
   # setsid: the component outlives the shell (and its terminal) that ran `up`.
-  setsid "$BIN/$name" "$@" </dev/null >"$STATE/logs/$name.log" 2>&1 9>&- &
+  setsid "$path" "$@" </dev/null >"$STATE/logs/$name.log" 2>&1 9>&- &
   echo $! >"$STATE/pids/$name.pid"
 }
 
@@ -203,10 +233,11 @@ subjects:
   kind: User
   name: system:kwok-controller
 ---
-# Storage without a provisioner, honestly: nothing here can create volumes on
-# demand (no CSI driver, no kubelet to mount anything), so the default class
-# uses the "no-provisioner" marker and WaitForFirstConsumer, and up() creates
-# a fixed pool of `local` PersistentVolumes pinned to the fake nodes. The real
+# Storage without a provisioner, honestly: nothing here creates volumes on
+# demand (no CSI driver), so the default class uses the "no-provisioner"
+# marker and WaitForFirstConsumer, and up() creates a fixed pool of `local`
+# PersistentVolumes pinned to the fake nodes (and, in node.sh, directories of
+# the real node, which its kubelet really mounts). The real
 # scheduler (VolumeBinding plugin) picks a node that has a free matching PV and
 # the real PV controller binds the claim. Named `standard` like kind's default
 # class so manifests written for kind work unchanged. The pool is finite
@@ -240,12 +271,16 @@ metadata:
     kubernetes.io/os: linux
     kubernetes.io/arch: amd64
     node-role.kubernetes.io/worker: ""
-spec: {}
+spec:
+  # Only what tolerates this lands here: nothing runs in a fake node's pods.
+  taints:
+  - {key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}
 status:
-  # A documentation-range address (RFC 5737): a fake node is never dialled,
-  # and a loopback address would be rejected in Endpoints of hostNetwork pods.
+  # An address in the KWOK pod range, which routes nowhere (node.sh's guard
+  # drops it): a fake node is never dialled, and a loopback address would be
+  # rejected in Endpoints of hostNetwork pods.
   addresses:
-  - {type: InternalIP, address: 192.0.2.$((10 + i))}
+  - {type: InternalIP, address: 198.18.255.$((10 + i))}
   - {type: Hostname, address: $node}
   capacity: {cpu: "4", memory: 16Gi, pods: "110", ephemeral-storage: 100Gi}
   allocatable: {cpu: "4", memory: 16Gi, pods: "110", ephemeral-storage: 100Gi}
@@ -255,6 +290,8 @@ status:
     kubeletVersion: $KUBERNETES_VERSION
 EOF
   done
+  # No fake node, no fake volume (and no division by zero).
+  [ "$NODES" -gt 0 ] || return 0
   for ((i = 0; i < PVS; i++)); do
     node=kwok-node-$((i % NODES))
     cat <<EOF
@@ -300,33 +337,40 @@ all_nodes_ready() {
 cmd_up() {
   local t0=$SECONDS c
   if [ -d "$STATE/pids" ]; then
-    local up=0
-    for c in "${COMPONENTS[@]}"; do alive "$c" && up=$((up + 1)); done
-    if [ $up -eq ${#COMPONENTS[@]} ]; then
+    local up=0 want
+    read -ra want <<<"$(components)"
+    for c in "${want[@]}"; do alive "$c" && up=$((up + 1)); done
+    if [ $up -eq ${#want[@]} ]; then
       log "already up (state $STATE); nothing to do"
       echo "export KUBECONFIG=$STATE/kubeconfig"
       return 0
     fi
-    [ $up -eq 0 ] || die "partly running ($up of ${#COMPONENTS[@]} components); run '$0 down' first"
-    log "stale state from a previous run in $STATE: removing it"
-    rm -rf "$STATE"
+    [ $up -eq 0 ] || die "partly running ($up of ${#want[@]} components); run '$0 down' first"
+    log "stale state from a previous run in $STATE: cleaning up after it"
+    cmd_down
   fi
   BIN=$("$here/build.sh")
-  for p in $API_PORT $ETCD_PORT $ETCD_PEER_PORT $KCM_PORT $SCHED_PORT; do
+  local ports=($API_PORT $ETCD_PORT $ETCD_PEER_PORT $KCM_PORT $SCHED_PORT)
+  [ "$REAL_NODE" = 0 ] || ports+=($KUBELET_PORT $KUBELET_HEALTHZ_PORT $PROXY_HEALTHZ_PORT $PROXY_METRICS_PORT)
+  for p in "${ports[@]}"; do
     port_free "$p" || die "port 127.0.0.1:$p is in use (set ELASTIC_AIRFLOW_CLUSTER_PORT_BASE)"
   done
+  [ "$REAL_NODE" = 0 ] || node_preflight
   rm -rf "$STATE"
   mkdir -p -m 700 "$STATE" "$STATE/etcd"
   mkdir -p "$STATE/logs" "$STATE/pids"
   echo "$BIN" >"$STATE/bin"
+  STARTED=()
+  UP_DONE=0
+  trap 'if [ "$UP_DONE" = 0 ]; then log "up failed; stopping what it started (logs were in $STATE/logs, kept in $STATE.failed)"; keep_logs; cmd_down >/dev/null 2>&1 || true; fi' EXIT
+  # The bridge first: with a real node the apiserver listens on its address.
+  [ "$REAL_NODE" = 0 ] || node_network_up
   make_pki
+  [ "$REAL_NODE" = 0 ] || node_pki
   kubeconfig "$STATE/kubeconfig" admin kubernetes-admin
   kubeconfig "$STATE/controller-manager.kubeconfig" controller-manager system:kube-controller-manager
   kubeconfig "$STATE/scheduler.kubeconfig" scheduler system:kube-scheduler
   kubeconfig "$STATE/kwok.kubeconfig" kwok system:kwok-controller
-  STARTED=()
-  UP_DONE=0
-  trap 'if [ "$UP_DONE" = 0 ]; then log "up failed; stopping what it started (logs were in $STATE/logs, kept in $STATE.failed)"; keep_logs; cmd_down >/dev/null 2>&1 || true; fi' EXIT
 
   start etcd --name=local --data-dir="$STATE/etcd" \
     --listen-client-urls="https://127.0.0.1:$ETCD_PORT" --advertise-client-urls="https://127.0.0.1:$ETCD_PORT" \
@@ -337,13 +381,24 @@ cmd_up() {
     --unsafe-no-fsync --log-level=warn
   STARTED+=(etcd)
 
-  # --endpoint-reconciler-type=none: the default (lease) reconciler publishes
-  # the advertise address as the endpoint of the `kubernetes` Service and
-  # fails every 10 s ("subsets[0].addresses[0].ip: Invalid value: 127.0.0.1:
-  # may not be in the loopback range"). Only in-cluster clients of a real pod
-  # network would use those endpoints, and KWOK pods run nothing.
-  start kube-apiserver --bind-address=127.0.0.1 --secure-port="$API_PORT" --advertise-address=127.0.0.1 \
-    --endpoint-reconciler-type=none \
+  # With a real node the apiserver listens on the node's address, and the
+  # default (lease) endpoint reconciler publishes it as the endpoint of the
+  # `kubernetes` Service, so pods reach the API with their token. The
+  # apiserver reaches kubelets by their InternalIP (not through the outside
+  # resolver) and verifies their serving certificates against the cluster CA.
+  # Without one (KWOK only), it stays on loopback, which the reconciler
+  # rejects as an endpoint ("may not be in the loopback range"): none.
+  local api_flags
+  if [ "$REAL_NODE" = 1 ]; then
+    api_flags=(--kubelet-preferred-address-types=InternalIP,Hostname
+               --kubelet-certificate-authority="$PKI/ca.crt"
+               --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt"
+               --kubelet-client-key="$PKI/apiserver-kubelet-client.key")
+  else
+    api_flags=(--endpoint-reconciler-type=none)
+  fi
+  start kube-apiserver --bind-address="$(api_host)" --secure-port="$API_PORT" --advertise-address="$(api_host)" \
+    "${api_flags[@]}" --enable-admission-plugins=NodeRestriction \
     --etcd-servers="https://127.0.0.1:$ETCD_PORT" --etcd-cafile="$PKI/etcd-ca.crt" \
     --etcd-certfile="$PKI/apiserver-etcd-client.crt" --etcd-keyfile="$PKI/apiserver-etcd-client.key" \
     --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
@@ -384,7 +439,7 @@ cmd_up() {
   mapfile -t kwok_configs < <(kwok_config)
   start kwok --kubeconfig="$STATE/kwok.kubeconfig" "${kwok_configs[@]}" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-    --node-lease-duration-seconds=40 --cidr="$POD_CIDR"
+    --node-lease-duration-seconds=40 --cidr="$KWOK_POD_CIDR"
   STARTED+=(kwok)
 
   # Background loop, not a binary: returns Released pool PVs to the pool.
@@ -393,6 +448,7 @@ cmd_up() {
   echo $! >"$STATE/pids/pv-recycler.pid"
   STARTED+=(pv-recycler)
 
+  [ "$REAL_NODE" = 0 ] || node_start
   wait_for "$NODES Ready nodes" 60 all_nodes_ready
   wait_for "ServiceAccount default/default" 60 kubectl -n default get serviceaccount default
   UP_DONE=1
@@ -400,26 +456,34 @@ cmd_up() {
   echo "export KUBECONFIG=$STATE/kubeconfig"
 }
 
-keep_logs() { rm -rf "$STATE.failed"; cp -r "$STATE/logs" "$STATE.failed" 2>/dev/null || true; }
+keep_logs() {
+  rm -rf "$STATE.failed"; cp -r "$STATE/logs" "$STATE.failed" 2>/dev/null || true
+  cp -r "$STATE/pod-logs" "$STATE.failed/pods" 2>/dev/null || true
+}
+
+stop_component() { # name: TERM, then KILL after 10 s
+  local c=$1 pid i
+  alive "$c" || return 0
+  pid=$(pid_of "$c")
+  log "stopping $c (pid $pid)"
+  if [ "$c" = pv-recycler ]; then
+    # Its own process group (setsid): the loop and any kubectl it is running.
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  else
+    kill -TERM "$pid" 2>/dev/null || true
+  fi
+  for ((i = 0; i < 100; i++)); do alive "$c" || break; sleep 0.1; done
+  if alive "$c"; then log "$c did not stop in 10 s: KILL"; kill -KILL "$pid" 2>/dev/null || true; fi
+  for ((i = 0; i < 50; i++)); do alive "$c" || break; sleep 0.1; done
+  ! alive "$c" || die "could not stop $c (pid $pid)"
+}
 
 cmd_down() {
-  local c pid i
+  local c
   [ -d "$STATE" ] || { log "not running (no state in $STATE)"; return 0; }
-  for c in "${COMPONENTS[@]}"; do
-    alive "$c" || continue
-    pid=$(pid_of "$c")
-    log "stopping $c (pid $pid)"
-    if [ "$c" = pv-recycler ]; then
-      # Its own process group (setsid): the loop and any kubectl it is running.
-      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    else
-      kill -TERM "$pid" 2>/dev/null || true
-    fi
-    for ((i = 0; i < 100; i++)); do alive "$c" || break; sleep 0.1; done
-    if alive "$c"; then log "$c did not stop in 10 s: KILL"; kill -KILL "$pid" 2>/dev/null || true; fi
-    for ((i = 0; i < 50; i++)); do alive "$c" || break; sleep 0.1; done
-    ! alive "$c" || die "could not stop $c (pid $pid)"
-  done
+  stop_component pv-recycler
+  node_down  # a no-op without a real node
+  for c in "${CONTROL_PLANE[@]}"; do stop_component "$c"; done
   rm -rf "$STATE"
   log "down; removed $STATE"
 }
@@ -427,13 +491,13 @@ cmd_down() {
 cmd_status() {
   local c bad=0
   if [ ! -d "$STATE/pids" ]; then echo "not running (no state in $STATE)"; return 1; fi
-  for c in "${COMPONENTS[@]}"; do
+  for c in $(components); do
     if alive "$c"; then printf '%-24s up (pid %s)\n' "$c" "$(pid_of "$c")"
     else printf '%-24s DOWN\n' "$c"; bad=1; fi
   done
   BIN=$(cat "$STATE/bin")
   if [ $bad -eq 0 ] && kubectl get --raw /readyz >/dev/null 2>&1; then
-    printf '%-24s ok (https://127.0.0.1:%s)\n' "readyz" "$API_PORT"
+    printf '%-24s ok (https://%s:%s)\n' "readyz" "$(api_host)" "$API_PORT"
     echo "export KUBECONFIG=$STATE/kubeconfig"
   else
     printf '%-24s not ok\n' "readyz"; bad=1
@@ -444,8 +508,10 @@ cmd_status() {
 cmd_recycle_pvs() {
   local pv
   BIN=$(cat "$STATE/bin" 2>/dev/null) || die "not running"
-  for pv in $(kubectl get pv -l elastic-airflow.io/pool=local \
+  for pv in $(kubectl get pv -l 'elastic-airflow.io/pool in (local,node)' \
       -o jsonpath='{range .items[?(@.status.phase=="Released")]}{.metadata.name}{"\n"}{end}'); do
+    # A real node's volume holds the last claim's data: empty it first.
+    if [ -d "$STATE/volumes/$pv" ]; then find "$STATE/volumes/$pv" -mindepth 1 -delete; fi
     kubectl patch pv "$pv" --type=json -p '[{"op":"remove","path":"/spec/claimRef"}]' >/dev/null
     log "recycled $pv"
   done

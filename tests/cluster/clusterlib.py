@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 CLUSTER_SH = HERE / "cluster.sh"
+IMAGES = HERE.parent.parent / "images"
 
 
 def cache_dir() -> pathlib.Path:
@@ -34,3 +36,15 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.25):
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def image_ref(name: str) -> str:
+    """The name of a local image (images/<name>/image.sh says its tag)."""
+    tag = subprocess.run(["bash", "-c", f'CACHE={cache_dir()}; . "{IMAGES}/{name}/image.sh" && echo "$IMAGE_TAG"'],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    return f"localhost/elastic-airflow/{name}:{tag}"
+
+
+def kubectl_cmd(*args: str) -> list[str]:
+    """A kubectl command line (the cluster's own build) against the cluster under test."""
+    return [(state_dir() / "bin").read_text().strip() + "/kubectl", "--kubeconfig", str(state_dir() / "kubeconfig"), *args]

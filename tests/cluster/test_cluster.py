@@ -1,8 +1,11 @@
 """The local control plane behaves like a real cluster for what our roles use.
 
 Run with `make test-cluster` (starts the cluster when it is not up, and stops
-it again afterwards only in that case). No kubelet exists: KWOK plays it, so
-pods become Running/Ready (and Job pods Succeeded) without running anything.
+it again afterwards only in that case). KWOK-level tests: every pod here goes
+to the fake (KWOK) nodes, where it becomes Running/Ready (and a Job's pod
+Succeeded) without running anything; they prove the control plane (API,
+controllers, scheduler, storage binding, RBAC), not container behaviour. What
+containers do is in test_real_node.py.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from kubernetes.client.rest import ApiException
 from clusterlib import wait_until
 
 PAUSE = "registry.k8s.io/pause:3.10"  # never pulled: KWOK runs no containers
+# The fake nodes are tainted and labelled type=kwok (cluster.sh).
+ON_KWOK_NODES = {"nodeSelector": {"type": "kwok"},
+                 "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Equal", "value": "fake",
+                                  "effect": "NoSchedule"}]}
 
 
 def labels(app):
@@ -26,7 +33,7 @@ def labels(app):
 def pod_template(app, **spec):
     return {
         "metadata": {"labels": labels(app)},
-        "spec": {"containers": [{"name": "main", "image": PAUSE}], **spec},
+        "spec": {"containers": [{"name": "main", "image": PAUSE}], **ON_KWOK_NODES, **spec},
     }
 
 
@@ -43,7 +50,8 @@ def test_nodes_are_ready_kwok_nodes(api):
     for n in nodes:
         assert n.metadata.annotations["kwok.x-k8s.io/node"] == "fake"
         assert condition(n, "Ready") == "True"
-        assert not n.spec.taints, "ordinary manifests must schedule without tolerations"
+        # Only pods that tolerate it land on a fake node: the rest go to the real one.
+        assert [(t.key, t.value, t.effect) for t in n.spec.taints] == [("kwok.x-k8s.io/node", "fake", "NoSchedule")]
         assert n.status.allocatable["cpu"] == "4" and n.status.allocatable["pods"] == "110"
 
 
@@ -342,7 +350,7 @@ def test_released_volume_returns_to_the_pool(api, namespace):
     core.create_namespaced_pod(namespace, {
         "metadata": {"name": "user"},
         "spec": {"containers": [{"name": "main", "image": PAUSE, "volumeMounts": [{"name": "d", "mountPath": "/d"}]}],
-                 "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "scratch"}}]},
+                 "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "scratch"}}], **ON_KWOK_NODES},
     })
     pv_name = wait_until(
         lambda: core.read_namespaced_persistent_volume_claim("scratch", namespace).spec.volume_name,
