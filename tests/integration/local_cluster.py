@@ -12,6 +12,11 @@ from kubernetes import config
 CACHE = os.environ.get("ELASTIC_AIRFLOW_CACHE", os.path.expanduser("~/.cache/elastic-airflow"))
 # the shared local control plane (tests/cluster/cluster.sh, `make cluster-up`)
 SHARED_KUBECONFIG = os.path.join(CACHE, "run", "cluster", "kubeconfig")
+# Pod spec fields that put a pod on the cluster's KWOK nodes (tainted, labelled
+# type=kwok): it turns Ready, and no container of it runs.
+ON_KWOK_NODES = {"nodeSelector": {"type": "kwok"},
+                 "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Equal", "value": "fake",
+                                  "effect": "NoSchedule"}]}
 
 
 def api_fixture(kubeconfig):

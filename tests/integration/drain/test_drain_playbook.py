@@ -22,13 +22,18 @@ from conftest import REPO, ansible_env, run_module
 
 CACHE = pathlib.Path(os.environ.get("ELASTIC_AIRFLOW_CACHE", pathlib.Path.home() / ".cache" / "elastic-airflow"))
 CLUSTER_SH = REPO / "tests" / "cluster" / "cluster.sh"
-# A private control plane (own state and ports, one KWOK node), so this test
-# neither depends on nor disturbs the shared one.
+# A private control plane (own state and ports, one KWOK node, no real node:
+# one real node runs per machine, and the shared cluster's may be up), so
+# this test neither depends on nor disturbs the shared one.
 STATE = CACHE / "run" / "drain-cluster"
 KUBECONFIG = STATE / "kubeconfig"
 CLUSTER_ENV = dict(os.environ, ELASTIC_AIRFLOW_CLUSTER_STATE=str(STATE),
                    ELASTIC_AIRFLOW_CLUSTER_PORT_BASE=os.environ.get("ELASTIC_AIRFLOW_DRAIN_CLUSTER_PORT_BASE", "27643"),
-                   ELASTIC_AIRFLOW_CLUSTER_NODES="1", ELASTIC_AIRFLOW_CLUSTER_PVS="0")
+                   ELASTIC_AIRFLOW_CLUSTER_NODES="1", ELASTIC_AIRFLOW_CLUSTER_PVS="0",
+                   ELASTIC_AIRFLOW_CLUSTER_REAL_NODE="0")
+# The KWOK node is tainted: only what tolerates it lands there.
+ON_KWOK_NODE = {"tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Equal", "value": "fake",
+                                 "effect": "NoSchedule"}]}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -74,7 +79,7 @@ def _deploy(core, apps, ns, name, redis_url):
         "spec": {"replicas": 3, "serviceName": name + "-worker", "podManagementPolicy": "Parallel",
                  "selector": {"matchLabels": labels},
                  "template": {"metadata": {"labels": labels}, "spec": {
-                     "terminationGracePeriodSeconds": 0,
+                     **ON_KWOK_NODE, "terminationGracePeriodSeconds": 0,
                      "containers": [{"name": "worker", "image": "apache/airflow:3.0.2"}]}}}})
     deadline = time.time() + 180  # the cluster is shared: other tests may fill its nodes for a while
     while True:

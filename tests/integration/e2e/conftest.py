@@ -111,7 +111,9 @@ def _start_deploy(name):
     os.makedirs(PRIVATE, exist_ok=True)
     fh = open(log, "w")
     proc = subprocess.Popen(
+        # The pods only carry the configuration read back here: on the KWOK nodes.
         ["ansible-playbook", "-i", os.path.join(ROOT, "inventories", "local"),
+         "-i", os.path.join(ROOT, "inventories", "local-kwok"),
          os.path.join(ROOT, "playbooks", "site.yml"), "-e", "@" + os.path.join(HERE, "vars", name),
          "-e", "elastic_airflow_kubeconfig=" + KUBECONFIG],
         cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -23,7 +23,7 @@ sys.path.insert(0, MODULE_UTILS)
 sys.path.append(os.path.dirname(HERE))
 
 import render  # noqa: E402
-from local_cluster import CACHE, SHARED_KUBECONFIG as KUBECONFIG, api_fixture  # noqa: E402
+from local_cluster import CACHE, ON_KWOK_NODES, SHARED_KUBECONFIG as KUBECONFIG, api_fixture  # noqa: E402
 
 REDIS_PORT = os.environ.get("ELASTIC_AIRFLOW_REDIS_PORT", "16379")
 GROUP, VERSION = "elastic-airflow.io", "v1"
@@ -86,7 +86,7 @@ def elastic_worker(name, namespace, low=1, high=4, replicas=None, policy="IdleOn
             "scaleInPolicy": {"type": policy},
             "drain": {"timeoutSeconds": drain_timeout},
             "template": {"metadata": {"labels": {"app": name}},
-                         "spec": {"containers": [{"name": "worker", "image": "apache/airflow:3.0.2"}]}}}
+                         "spec": dict(ON_KWOK_NODES, containers=[{"name": "worker", "image": "apache/airflow:3.0.2"}])}}
     if replicas is not None:
         spec["replicas"] = replicas
     if broker_secret:

@@ -21,7 +21,8 @@ import tempfile
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
-INVENTORY = REPO / "inventories" / "local"
+# API-level suite: every pod on the KWOK nodes (no container runs; see inventories/local-kwok).
+INVENTORIES = ["-i", str(REPO / "inventories" / "local"), "-i", str(REPO / "inventories" / "local-kwok")]
 NAMESPACE = "airflow"
 CLUSTER_NAME = "airflow"
 RECAP = re.compile(r"^\S+\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
@@ -76,11 +77,11 @@ def installed_collection() -> str:
 
 def run_playbook(playbook: str, *args: str, extra_vars: dict | None = None, timeout: int = 1200) -> Run:
     """`ansible-playbook elastic_airflow.cluster.<playbook>` from the installed
-    collection, against inventories/local; output is returned, not printed."""
+    collection, against inventories/local + local-kwok; output is returned, not printed."""
     import time
 
     name = "elastic_airflow.cluster." + playbook.removesuffix(".yml")
-    cmd = ["ansible-playbook", "-i", str(INVENTORY), name, *args]
+    cmd = ["ansible-playbook", *INVENTORIES, name, *args]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(extra_vars or {}, fh)
     cmd += ["-e", "@" + fh.name]
