@@ -49,7 +49,7 @@ class FakeKube:
         self.pods = dict((p["metadata"]["name"], p) for p in pods)
         self.missing = set(missing)
 
-    def patch_pod_annotations(self, namespace, name, annotations):
+    def patch_pod_annotations(self, namespace, name, annotations, resource_version=None):
         if name in self.missing:
             raise C.K.ApiException(status=404)
         pod = self.pods[name]
@@ -76,3 +76,182 @@ def test_cached_pod_store_writes_through_to_the_cache():
             pass
         store.delete(name)
     assert store.exists("w-a") and not store.exists("w-c")
+
+
+# --- drain records: optimistic concurrency, keyed to the pod uid; one bad pod beside healthy ones -----------
+
+import json  # noqa: E402
+
+from elastic import reconcile as R  # noqa: E402
+from elastic.celery_control import WorkerLoad  # noqa: E402
+
+
+class ApiKube:
+    """The Kube calls a pass makes, over pods held like the API server: resourceVersions, 409, 5xx."""
+
+    def __init__(self, pods):
+        self.pods = dict((p["metadata"]["name"], json.loads(json.dumps(p))) for p in pods)
+        self.rv = 100
+        self.fail_patch = {}  # pod name -> status to answer every patch with
+        self.events, self.statuses, self.created, self.deleted, self.patches = [], [], [], [], []
+
+    def _bump(self, pod):
+        self.rv += 1
+        pod["metadata"]["resourceVersion"] = str(self.rv)
+
+    def patch_pod_annotations(self, namespace, name, annotations, resource_version=None):
+        self.patches.append((name, resource_version))
+        if name in self.fail_patch:
+            raise C.K.ApiException(status=self.fail_patch[name])
+        pod = self.pods.get(name)
+        if pod is None:
+            raise C.K.ApiException(status=404)
+        if resource_version and resource_version != pod["metadata"]["resourceVersion"]:
+            raise C.K.ApiException(status=409)
+        merged = dict(pod["metadata"].get("annotations") or {})
+        merged.update(annotations)
+        pod["metadata"]["annotations"] = dict((k, v) for k, v in merged.items() if v is not None)
+        self._bump(pod)
+        return json.loads(json.dumps(pod))
+
+    def read_pod(self, namespace, name):
+        pod = self.pods.get(name)
+        return json.loads(json.dumps(pod)) if pod else None
+
+    def event(self, obj, reason, message, type_="Normal"):
+        self.events.append((reason, message, type_))
+
+    def patch_status(self, plural, namespace, name, status):
+        self.statuses.append(status)
+
+        class Answer:
+            data = json.dumps({"metadata": {"name": name, "namespace": namespace, "uid": "ew-1"}, "status": status})
+        return Answer()
+
+    def create_pod(self, manifest):
+        self.created.append(manifest["metadata"]["name"])
+
+    def delete_pod(self, namespace, name, uid=None, grace_seconds=None):
+        self.deleted.append(name)
+        return True
+
+
+class FakeCelery:
+    """Celery workers that answer: all idle, consuming 'default'."""
+
+    def __init__(self):
+        self.cancelled, self.added = [], []
+
+    def workload(self, hosts):
+        return dict((h, WorkerLoad()) for h in hosts)
+
+    def concurrency(self, hosts):
+        return dict((h, 4) for h in hosts)
+
+    def ping(self, hosts):
+        return dict((h, True) for h in hosts)
+
+    def queues(self, host):
+        from elastic.celery_control import QueueRef
+        return [] if host in self.cancelled else [QueueRef("default", "default", "direct", "default")]
+
+    def cancel_consumer(self, host, queues):
+        self.cancelled.append(host)
+
+    def add_consumer(self, host, queues):
+        self.added.append(host)
+        if host in self.cancelled:
+            self.cancelled.remove(host)
+
+
+def ew(replicas):
+    return {"apiVersion": R.API_VERSION, "kind": R.EW_KIND,
+            "metadata": {"name": "w", "namespace": "ns", "uid": "ew-1", "generation": 1},
+            "spec": {"replicas": replicas, "minReplicas": 0, "maxReplicas": 10,
+                     "template": {"spec": {"containers": [{"name": "worker", "image": "x"}]}},
+                     "drain": {"brokerSecretRef": {"name": "broker"}, "timeoutSeconds": 600}}}
+
+
+def owned(name, rv="1", uid=None, record=None):
+    meta = {"name": name, "namespace": "ns", "uid": uid or "u-" + name, "resourceVersion": rv,
+            "creationTimestamp": "2024-01-01T00:00:%02dZ" % (len(name) % 60),
+            "labels": {R.OWNER_LABEL: "w"}, "ownerReferences": [{"uid": "ew-1", "controller": True}],
+            "annotations": {R.TEMPLATE_HASH_ANNOTATION: R.template_hash(ew(1)["spec"]["template"])}}
+    if record is not None:
+        meta["annotations"][C.DRAIN_ANNOTATION] = record if isinstance(record, str) else json.dumps(record)
+    return {"metadata": meta, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def reconciler(kube, pods, celery, now=None):
+    rec = C.Reconciler(kube, {"pods": C.MemoryCache(pods), "elasticworkers": C.MemoryCache([ew(len(pods))]),
+                              "elasticworkerautoscalers": C.MemoryCache([])},
+                       clock=lambda: 1000.0, monotonic=(now or (lambda: 0.0)))
+    rec.control_for = lambda ns, ref: celery
+    return rec
+
+
+def test_a_409_on_a_drain_record_reads_the_pod_again_and_steps_again():
+    fresh = owned("w-a", rv="1")
+    kube = ApiKube([fresh])
+    kube._bump(kube.pods["w-a"])  # the kubelet updated the pod since the cache saw it: the cache is stale
+    cache = C.MemoryCache([fresh])
+    store = C.CachedPodStore(kube, cache, "ns", uids={"w-a": "u-w-a"})
+    drain = C.Drain(FakeCelery(), store, "w-a", hostname="celery@w-a", timeout=60, settle_polls=1,
+                    clock=lambda: 1000.0)
+    status = drain.step()
+    assert kube.patches[0] == ("w-a", "1")  # sent the cached resourceVersion: refused with 409
+    assert kube.patches[1][1] == "101"  # read the pod again and stepped again with its version
+    assert status.phase == "drained" and not status.error
+    record = json.loads(kube.pods["w-a"]["metadata"]["annotations"][C.DRAIN_ANNOTATION])
+    assert record["phase"] == "drained" and record["uid"] == "u-w-a"
+    assert cache.get("ns", "w-a")["metadata"]["resourceVersion"] == kube.pods["w-a"]["metadata"]["resourceVersion"]
+
+
+def test_a_pod_replaced_mid_drain_is_gone_not_restored():
+    celery = FakeCelery()
+    celery.workload = lambda hosts: dict((h, WorkerLoad(active=("t1",))) for h in hosts)  # busy
+    kube = ApiKube([owned("w-a")])
+    cache = C.MemoryCache([owned("w-a")])
+    store = C.CachedPodStore(kube, cache, "ns", uids={"w-a": "u-w-a"})
+    drain = C.Drain(celery, store, "w-a", hostname="celery@w-a", timeout=60, clock=lambda: 1000.0)
+    assert drain.step().phase == "draining"
+    # the pod is deleted and a new pod of the same name (another uid, no record) takes its place
+    cache.update(owned("w-a", rv="500", uid="u-w-a-2"))
+    status = drain.step()
+    assert status.phase == "gone", status
+    assert celery.added == []  # nothing restored on the new pod
+
+
+def test_a_pod_with_a_corrupt_record_does_not_stop_the_pass():
+    pods = [owned("w-a"), owned("w-b", record="{not json"), owned("w-c")]
+    kube = ApiKube(pods)
+    now = [0.0]
+    rec = reconciler(kube, pods, FakeCelery(), now=lambda: now[0])
+    rec.caches["elasticworkers"] = C.MemoryCache([ew(4)])  # scale out by one beside the bad pod
+    report = rec.reconcile_elastic_worker(ew(4))
+    assert len(kube.created) == 1  # the pass went on
+    assert "drain of w-b" in report["failures"] and report["requeue_after"] == 1.0
+    degraded = [c for c in kube.statuses[-1]["conditions"] if c["type"] == "Degraded"]
+    assert degraded[0]["status"] == "True" and "w-b" in degraded[0]["message"]
+    assert any(r == "ReconcileError" and t == "Warning" and "w-b" in m for r, m, t in kube.events)
+    assert "w-b" not in kube.deleted  # an unreadable record is never taken for 'drained'
+    # backs off per object: not retried before its delay, then retried with the next (doubled) delay
+    kube.events.clear()
+    rec.reconcile_elastic_worker(ew(4))
+    assert not kube.events
+    now[0] = 1.5
+    report = rec.reconcile_elastic_worker(ew(4))
+    assert report["requeue_after"] == 2.0 and len(kube.events) == 1
+
+
+def test_a_5xx_on_one_pods_record_patch_does_not_stop_the_others():
+    draining = {"version": 1, "phase": "draining", "hostname": "celery@w-a", "queues": [], "started": 990.0,
+                "deadline": 2000.0, "tasks": []}
+    pods = [owned("w-a", record=draining), owned("w-b", record=dict(draining, hostname="celery@w-b"))]
+    kube = ApiKube(pods)
+    kube.fail_patch["w-a"] = 500
+    rec = reconciler(kube, pods, FakeCelery())
+    report = rec.reconcile_elastic_worker(ew(0))
+    report = rec.reconcile_elastic_worker(ew(0))  # settle: idle on two polls
+    assert report["drains"]["w-b"] == "drained" and "drain of w-a" in report["failures"]
+    assert json.loads(kube.pods["w-b"]["metadata"]["annotations"][C.DRAIN_ANNOTATION])["phase"] == "drained"

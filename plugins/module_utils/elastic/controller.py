@@ -39,15 +39,16 @@ import urllib.request
 try:  # relative when imported as a package (Ansible, python -m elastic.controller)
     from . import reconcile as R
     from . import kube as K
-    from .drain import Drain, WorkerGone, DRAINED, CANCELLING, DRAINING, RESTORING
+    from .drain import Drain, DrainError, WorkerGone, DRAINED, CANCELLING, DRAINING, RESTORING
     from .celery_control import CeleryControl, CeleryControlError
-    from .k8s_store import ANNOTATION as DRAIN_ANNOTATION, AnnotationStore
+    from .k8s_store import ANNOTATION as DRAIN_ANNOTATION, AnnotationStore, pod_record
 except ImportError:  # pragma: no cover
     raise
 
 LOG = logging.getLogger("elastic_worker")
 
 ACTIVE_PHASES = (CANCELLING, DRAINING, RESTORING)
+DRAIN_POLL_SECONDS = 0.5  # a drain in progress is looked at again this soon
 
 
 # ------------------------------------------------------------------ drain state on cached pods
@@ -56,31 +57,46 @@ ACTIVE_PHASES = (CANCELLING, DRAINING, RESTORING)
 class CachedPodStore(AnnotationStore):
     """The drain record on the pod annotation, read from the informer cache.
 
-    Writes go to the API server (merge patch of the one annotation) and the
-    returned pod is written through to the cache, so the next read sees it
-    without a GET.
+    Writes go to the API server (merge patch of the one annotation, with the
+    cached pod's resourceVersion as precondition) and the returned pod is
+    written through to the cache, so the next read sees it without a GET. On
+    a 409 the pod is read again (GET, written through) and ``Conflict`` makes
+    the drain step again. ``uids`` ({pod name: uid}) keys the store to those
+    pods: another pod of the same name counts as gone.
     """
 
-    def __init__(self, kube, pods_cache, namespace):
+    def __init__(self, kube, pods_cache, namespace, uids=None):
         self.kube = kube
         self.cache = pods_cache
         self.namespace = namespace
+        self.uids = dict(uids or {})
 
     def _pod(self, worker):
         pod = self.cache.get(self.namespace, worker)
         if pod is None or R.pod_terminating(pod):
             return None
+        uid = self.uids.get(worker)
+        if uid and pod["metadata"].get("uid") != uid:
+            return None  # replaced by another pod of that name
         return pod
 
     def get(self, worker):
         pod = self._pod(worker)
         if pod is None:
             return None
-        raw = (pod["metadata"].get("annotations") or {}).get(self.annotation)
-        return json.loads(raw) if raw else None
+        return pod_record(pod)
 
-    def _send(self, worker, annotations):
-        return self.kube.patch_pod_annotations(self.namespace, worker, annotations)
+    def _version(self, worker):
+        pod = self._pod(worker)
+        return pod["metadata"].get("resourceVersion") if pod else None
+
+    def _reread(self, worker):
+        pod = self.kube.read_pod(self.namespace, worker)
+        if pod is not None:
+            self.cache.update(pod)
+
+    def _send(self, worker, annotations, resource_version):
+        return self.kube.patch_pod_annotations(self.namespace, worker, annotations, resource_version=resource_version)
 
     def _patch(self, worker, value):
         if self._pod(worker) is None:
@@ -109,14 +125,71 @@ class MemoryCache:
 
 def drain_phase(pod):
     """reconcile's view of a pod's drain record (None, DRAIN_ACTIVE or DRAIN_DONE)."""
-    raw = (pod["metadata"].get("annotations") or {}).get(DRAIN_ANNOTATION)
-    if not raw:
-        return R.DRAIN_NONE
     try:
-        phase = json.loads(raw).get("phase")
-    except ValueError:
+        record = pod_record(pod)
+    except DrainError:
         return R.DRAIN_ACTIVE  # unreadable: never delete on a guess
-    return R.DRAIN_DONE if phase == DRAINED else R.DRAIN_ACTIVE
+    if record is None:
+        return R.DRAIN_NONE
+    return R.DRAIN_DONE if record["phase"] == DRAINED else R.DRAIN_ACTIVE
+
+
+class FencedControl:
+    """A CeleryControl whose broadcasts that change a worker ask ``fence()`` first (``NotLeader`` if no)."""
+
+    def __init__(self, control, fence):
+        self._control = control
+        self._fence = fence
+
+    def _check(self):
+        if not self._fence():
+            raise K.NotLeader("not the leader any more: broadcast refused")
+
+    def cancel_consumer(self, *args, **kwargs):
+        self._check()
+        return self._control.cancel_consumer(*args, **kwargs)
+
+    def add_consumer(self, *args, **kwargs):
+        self._check()
+        return self._control.add_consumer(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._control, name)
+
+
+class Throttle:
+    """Per-object retry delays, as kopf's throttler: stepped on each failure, reset on success."""
+
+    DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 120.0)
+
+    def __init__(self, delays=DELAYS):
+        self.delays = tuple(delays)
+        self._state = {}  # key -> (failures, monotonic time of the next try, last error)
+
+    def blocked(self, key, now):
+        """Seconds this object must still wait (0: try now)."""
+        state = self._state.get(key)
+        return max(0.0, state[1] - now) if state else 0.0
+
+    def failed(self, key, now, error):
+        failures = self._state.get(key, (0,))[0] + 1
+        delay = self.delays[min(failures, len(self.delays)) - 1]
+        self._state[key] = (failures, now + delay, error)
+        return delay
+
+    def succeeded(self, key):
+        self._state.pop(key, None)
+
+    def error(self, key):
+        state = self._state.get(key)
+        return state[2] if state else None
+
+    def keys(self):
+        return list(self._state)
+
+    def forget(self, keep):
+        for key in [k for k in self._state if k not in keep]:
+            del self._state[key]
 
 
 # ------------------------------------------------------------------ the reconciler
@@ -130,22 +203,32 @@ class Reconciler:
     change nothing (check mode).
     """
 
-    def __init__(self, kube, caches, dry_run=False, celery_timeout=1.0, clock=time.time, rng=None):
+    def __init__(self, kube, caches, dry_run=False, celery_timeout=1.0, clock=time.time, rng=None, fence=None,
+                 monotonic=time.monotonic, throttle=None):
         self.kube = kube
         self.caches = caches
         self.dry_run = dry_run
         self.celery_timeout = celery_timeout
         self.clock = clock
+        self.monotonic = monotonic
         self.rng = rng
+        self.fence = fence  # None, or a callable: may this process still write (leader deadline)?
         self._controls = {}  # broker secret -> CeleryControl
         self._drains = {}  # pod uid -> Drain (keeps its in-memory settle count)
         self._concurrency = {}  # pod uid -> worker pool size
         self._expect_create = {}  # ew uid -> {pod name: deadline}
         self._next_poll = {}  # ewa uid -> monotonic time of the next measurement
+        self.throttle = throttle or Throttle()  # per object (pod or ElasticWorker uid) retry delays
+
+    def forget_in_flight(self):
+        """After losing the Lease: drop drains and expected pods; the next leader reads them from the pods."""
+        self._drains.clear()
+        self._expect_create.clear()
 
     # -------------------------------------------------------------- helpers
 
-    def _pods_of(self, ew):
+    def pods_of(self, ew):
+        """The pods of an ElasticWorker in the cache (public: elastic_worker_info reads them too)."""
         pods = [p for p in self.caches["pods"].items()
                 if p["metadata"].get("namespace") == ew["metadata"]["namespace"]
                 and (p["metadata"].get("labels") or {}).get(R.OWNER_LABEL) == ew["metadata"]["name"]]
@@ -159,6 +242,8 @@ class Reconciler:
         if key not in self._controls:
             url = self.kube.read_secret_key(namespace, secret_ref["name"], secret_ref.get("key", "url"))
             self._controls[key] = CeleryControl(url, timeout=self.celery_timeout)
+        if self.fence is not None:
+            return FencedControl(self._controls[key], self.fence)
         return self._controls[key]
 
     def close(self):
@@ -208,11 +293,13 @@ class Reconciler:
             self._concurrency[pod["metadata"]["uid"]] = size
             states[pod["metadata"]["name"]]["concurrency"] = size
 
-    def _drain_for(self, ew, pod, control, store):
+    def _drain_for(self, ew, pod, control):
         uid = pod["metadata"]["uid"]
         drain = self._drains.get(uid)
         if drain is None:
             spec = (ew["spec"].get("drain") or {})
+            store = CachedPodStore(self.kube, self.caches["pods"], ew["metadata"]["namespace"],
+                                   uids={pod["metadata"]["name"]: uid})
             drain = Drain(control, store, pod["metadata"]["name"],
                           hostname=R.worker_name(pod["metadata"]["name"]),
                           timeout=float(spec.get("timeoutSeconds", R.DEFAULT_DRAIN_TIMEOUT)),
@@ -232,16 +319,52 @@ class Reconciler:
                               "annotations": stamp, "ownerReferences": [{"uid": uid, "controller": True}]},
                  "status": {"phase": "Pending"}} for n in pending]
 
+    def _isolated(self, ew, key, what, report, fn):
+        """Run one object's action; a failure (not NotLeader) is recorded, backed off and reported.
+
+        Returns (True, result) or (False, None). While ``key`` backs off the
+        action is skipped (False, None).
+        """
+        now = self.monotonic()
+        wait = self.throttle.blocked(key, now)
+        if wait > 0:
+            report["failures"][what] = self.throttle.error(key)
+            report["requeue_after"] = min(report["requeue_after"], wait)
+            return False, None
+        try:
+            result = fn()
+        except K.NotLeader:
+            raise
+        except Exception as exc:
+            message = "%s: %s" % (type(exc).__name__, exc)
+            delay = self.throttle.failed(key, now, message)
+            report["failures"][what] = message
+            report["requeue_after"] = min(report["requeue_after"], delay)
+            LOG.warning("%s/%s: %s failed (retry in %.0fs): %s", ew["metadata"]["namespace"],
+                        ew["metadata"]["name"], what, delay, message)
+            self._event(ew, "ReconcileError", "%s failed (retry in %.0fs): %s" % (what, delay, message), "Warning")
+            return False, None
+        self.throttle.succeeded(key)
+        return True, result
+
     # -------------------------------------------------------------- one ElasticWorker
 
     def reconcile_elastic_worker(self, ew):
-        """One pass over one ElasticWorker; returns a report dict."""
+        """One pass over one ElasticWorker; returns a report dict.
+
+        A failure of one object (a pod whose drain record cannot be read or
+        patched, a pod that cannot be deleted or created) does not stop the
+        pass: that object backs off (``Throttle``), the rest goes on, and the
+        status says ``Degraded``. ``report["requeue_after"]``: seconds until
+        this ElasticWorker wants another pass (inf: none needed).
+        """
         ns, name = ew["metadata"]["namespace"], ew["metadata"]["name"]
         spec = ew.get("spec") or {}
-        pods = self._pods_of(ew)
+        pods = self.pods_of(ew)
         expected = self._expected(ew, pods)
         control = None
-        report = {"name": name, "namespace": ns, "actions": [], "drains": {}}
+        report = {"name": name, "namespace": ns, "actions": [], "drains": {}, "failures": {},
+                  "requeue_after": float("inf")}
         try:
             control = self.control_for(ns, (spec.get("drain") or {}).get("brokerSecretRef"))
         except Exception as exc:  # secret missing, bad URL
@@ -249,7 +372,6 @@ class Reconciler:
         states = self.worker_states(control, pods)
         if states:
             self._fill_concurrency(control, pods, states)
-        store = CachedPodStore(self.kube, self.caches["pods"], ns)
 
         # advance the drains in progress (resumes drains begun by another replica)
         drains = {}
@@ -259,7 +381,12 @@ class Reconciler:
                 continue
             pname = pod["metadata"]["name"]
             if phase == R.DRAIN_ACTIVE and control is not None and not self.dry_run:
-                status = self._drain_for(ew, pod, control, store).step()
+                ok, status = self._isolated(ew, pod["metadata"]["uid"], "drain of %s" % pname, report,
+                                            lambda pod=pod: self._drain_for(ew, pod, control).step())
+                if not ok:  # unreadable record, 5xx on its patch: still draining, never deleted on a guess
+                    report["drains"][pname] = "error"
+                    drains[pname] = R.DRAIN_ACTIVE
+                    continue
                 report["drains"][pname] = status.phase
                 if status.phase == DRAINED:
                     phase = R.DRAIN_DONE
@@ -285,17 +412,24 @@ class Reconciler:
             pod = self.caches["pods"].get(ns, pname)
             if pod is None or control is None:
                 continue
-            try:
-                self._drain_for(ew, pod, control, store).abort("scale-out")
+
+            def cancel(pod=pod):
+                try:
+                    return self._drain_for(ew, pod, control).abort("scale-out")
+                except CeleryControlError as exc:
+                    report["actions"].append("rollback of %s failed (retried): %s" % (pod["metadata"]["name"], exc))
+            ok, status = self._isolated(ew, pod["metadata"]["uid"], "rollback of %s" % pname, report, cancel)
+            if ok and status is not None:
                 self._drains.pop(pod["metadata"]["uid"], None)
                 report["actions"].append("rolled back the drain of %s" % pname)
-            except CeleryControlError as exc:
-                report["actions"].append("rollback of %s failed (retried): %s" % (pname, exc))
         for pname in plan.drain:
             pod = self.caches["pods"].get(ns, pname)
             if control is None or pod is None:
                 continue
-            status = self._drain_for(ew, pod, control, store).step()
+            ok, status = self._isolated(ew, pod["metadata"]["uid"], "drain of %s" % pname, report,
+                                        lambda pod=pod: self._drain_for(ew, pod, control).step())
+            if not ok:
+                continue
             report["drains"][pname] = status.phase
             report["actions"].append("drain %s: %s" % (pname, status.phase))
             if status.done and status.phase != DRAINED:
@@ -304,21 +438,34 @@ class Reconciler:
             pod = self.caches["pods"].get(ns, pname)
             if pod is None:
                 continue
-            if self.kube.delete_pod(ns, pname, uid=pod["metadata"]["uid"]):
+            ok, deleted = self._isolated(
+                ew, pod["metadata"]["uid"], "delete of %s" % pname, report,
+                lambda pod=pod: self.kube.delete_pod(ns, pod["metadata"]["name"], uid=pod["metadata"]["uid"]))
+            if ok and deleted:
                 report["actions"].append("deleted %s (%s)" % (pname, reason))
                 self._event(ew, "DeletedPod", "deleted %s: %s" % (pname, reason))
-            self._drains.pop(pod["metadata"]["uid"], None)
+            if ok:
+                self._drains.pop(pod["metadata"]["uid"], None)
         if plan.create:
             expect = self._expect_create.setdefault(ew["metadata"]["uid"], {})
+            created = []
             for pname in plan.create:
-                self.kube.create_pod(R.build_pod(ew, pname))
+                ok, _ = self._isolated(ew, "%s/create" % ew["metadata"]["uid"], "create of %s" % pname, report,
+                                       lambda pname=pname: self.kube.create_pod(R.build_pod(ew, pname)))
+                if not ok:
+                    break  # the next pods would most likely fail the same way
                 expect[pname] = time.monotonic() + 30
+                created.append(pname)
                 report["actions"].append("created %s" % pname)
-            self._event(ew, "CreatedPods", "created %s" % ", ".join(plan.create))
+            if created:
+                self._event(ew, "CreatedPods", "created %s" % ", ".join(created))
+        if report["drains"] and any(p not in ("drained", "gone", "restored", "error") for p in report["drains"].values()):
+            report["requeue_after"] = min(report["requeue_after"], DRAIN_POLL_SECONDS)
 
         status = dict(plan.status)
         old = ew.get("status") or {}
-        status["conditions"] = R.merge_conditions(old.get("conditions"), status["conditions"], K.now_rfc3339())
+        conditions = list(status["conditions"]) + [R.degraded_condition(report["failures"])]
+        status["conditions"] = R.merge_conditions(old.get("conditions"), conditions, K.now_rfc3339())
         if R.status_differs(old, status):
             self._patch_status(R.EW_PLURAL, "elasticworkers", ns, name, status)
         return report
@@ -396,7 +543,7 @@ class Reconciler:
         if ew is None:
             report["error"] = "ElasticWorker %s not found" % target
             return report
-        pods = self._pods_of(ew)
+        pods = self.pods_of(ew)
         try:
             load = self.measure(ewa, ew, pods)
         except Exception as exc:
@@ -442,25 +589,51 @@ class Reconciler:
             for kept in kept_maps:
                 for uid in [u for u in kept if u not in live]:
                     del kept[uid]
+        if self.throttle.keys():
+            live = set()
+            for cache in ("pods", "elasticworkers", "elasticworkerautoscalers"):
+                live.update(o["metadata"].get("uid") for o in self.caches[cache].items())
+            self.throttle.forget(set(k for k in self.throttle.keys() if k.split("/")[0] in live))
 
     def reconcile_all(self, force_autoscalers=False):
+        """One pass over everything; each object on its own (a failure backs that object off).
+
+        ``NotLeader`` (a write refused by the fence) ends the pass at once.
+        """
         self.forget_gone()
         reports = []
-        for ewa in self.caches["elasticworkerautoscalers"].items():
-            try:
-                r = self.reconcile_autoscaler(ewa, force=force_autoscalers)
+        now = self.monotonic()
+        for kind, objects, fn in (
+                ("autoscaler", self.caches["elasticworkerautoscalers"].items(),
+                 lambda o: self.reconcile_autoscaler(o, force=force_autoscalers)),
+                ("ElasticWorker", self.caches["elasticworkers"].items(), self.reconcile_elastic_worker)):
+            for obj in objects:
+                if obj["metadata"].get("deletionTimestamp"):
+                    continue
+                uid = obj["metadata"].get("uid")
+                wait = self.throttle.blocked(uid, now)
+                if wait > 0:
+                    reports.append({"name": obj["metadata"]["name"], "requeue_after": wait,
+                                    "error": self.throttle.error(uid)})
+                    continue
+                try:
+                    r = fn(obj)
+                except K.NotLeader:
+                    raise
+                except Exception as exc:
+                    delay = self.throttle.failed(uid, now, "%s: %s" % (type(exc).__name__, exc))
+                    LOG.exception("%s %s failed (retry in %.0fs)", kind, obj["metadata"]["name"], delay)
+                    reports.append({"name": obj["metadata"]["name"], "requeue_after": delay, "error": str(exc)})
+                    continue
+                self.throttle.succeeded(uid)
                 if r:
                     reports.append(r)
-            except Exception:
-                LOG.exception("autoscaler %s failed", ewa["metadata"]["name"])
-        for ew in self.caches["elasticworkers"].items():
-            if ew["metadata"].get("deletionTimestamp"):
-                continue
-            try:
-                reports.append(self.reconcile_elastic_worker(ew))
-            except Exception:
-                LOG.exception("ElasticWorker %s failed", ew["metadata"]["name"])
         return reports
+
+    @staticmethod
+    def requeue_after(reports, default):
+        """Seconds until the next pass is due: the smallest requeue_after of the reports, at most ``default``."""
+        return min([default] + [r["requeue_after"] for r in reports if r.get("requeue_after") is not None])
 
 
 def queue_length(control, queues):
@@ -476,7 +649,8 @@ def queue_length(control, queues):
 
 
 class Health(threading.Thread):
-    """GET /healthz (the loop is alive) and /readyz (caches synced) on a tiny HTTP server."""
+    """GET /healthz (the loop is alive, the lease renewed while leading) and /readyz (caches synced,
+    every watch progressing) on a tiny HTTP server."""
 
     def __init__(self, port, controller):
         threading.Thread.__init__(self, name="health", daemon=True)
@@ -486,6 +660,12 @@ class Health(threading.Thread):
         self.sock.bind(("0.0.0.0", port))
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:  # pragma: no cover
+            pass
 
     def run(self):
         while True:
@@ -509,30 +689,47 @@ class Health(threading.Thread):
 
 
 class Controller:
+    """The long-lived loop: informers, leader election, one pass per change or resync.
+
+    Elects only after the caches have synced. While leading, every write (API
+    and Celery broadcasts that change a worker) is fenced by the elector's
+    leader deadline; when the Lease is lost, the pass stops at its next write
+    and the in-flight drains are forgotten (the next leader resumes them from
+    the pods' records). ``stop()`` (SIGTERM) makes ``run()`` return within a
+    few seconds: the informers' watches are cut, not waited for.
+    """
+
     def __init__(self, kube, namespace, lease_namespace, lease_name, identity, lease_duration=15,
-                 resync_seconds=2.0, celery_timeout=1.0):
+                 renew_deadline=10, retry_period=2, resync_seconds=2.0, celery_timeout=1.0, informer_options=None):
         self.kube = kube
         self.wake = threading.Event()
         self.stopping = threading.Event()
-        self.informers = kube.informers(self._changed)
-        self.reconciler = Reconciler(kube, self.informers, celery_timeout=celery_timeout)
-        self.elector = K.LeaderElector(kube, lease_namespace, lease_name, identity, duration=lease_duration)
+        self.informers = kube.informers(self._changed, **(informer_options or {}))
+        self.elector = K.LeaderElector(kube, lease_namespace, lease_name, identity, lease_duration=lease_duration,
+                                       renew_deadline=renew_deadline, retry_period=retry_period)
+        kube.fence = self.elector.is_leader_now
+        self.reconciler = Reconciler(kube, self.informers, celery_timeout=celery_timeout,
+                                     fence=self.elector.is_leader_now)
         self.resync = float(resync_seconds)
         self.heartbeat = time.monotonic()
         self.passes = 0
+        self._lost_lease = threading.Event()
+        self._elect_thread = None
 
     def _changed(self, kind, event, obj):
-        # Status writes of our own do not need a new pass; anything else does.
         self.wake.set()
 
     def health(self, path):
         age = time.monotonic() - self.heartbeat
         synced = all(i.synced.is_set() for i in self.informers.values())
+        stalled = sorted(k for k, i in self.informers.items() if not i.progressing())
+        lease_ok, lease_message = self.elector.check()
         body = {"leader": self.elector.is_leader, "identity": self.elector.identity, "synced": synced,
+                "stalled_watches": stalled, "lease": lease_message,
                 "loop_age_seconds": round(age, 1), "passes": self.passes}
         if path.startswith("/readyz"):
-            return synced, body
-        return age < max(60.0, 10 * self.resync), body
+            return synced and not stalled, body
+        return age < max(60.0, 10 * self.resync) and lease_ok, body
 
     def _elect(self):
         while not self.stopping.is_set():
@@ -541,34 +738,50 @@ class Controller:
                 self.elector.try_acquire_or_renew()
             except Exception as exc:
                 LOG.warning("lease: %s", exc)
-            if self.elector.is_leader != was:
-                LOG.info("%s leadership: %s", self.elector.identity, "acquired" if self.elector.is_leader else "lost")
+            now = self.elector.is_leader
+            if now != was:
+                LOG.info("%s leadership: %s", self.elector.identity, "acquired" if now else "lost")
+                if not now:
+                    self._lost_lease.set()
                 self.wake.set()
-            self.stopping.wait(self.elector.renew_seconds)
+            self.stopping.wait(self.elector.next_wait())
 
     def run(self):
         for informer in self.informers.values():
             informer.start()
-        threading.Thread(target=self._elect, name="lease", daemon=True).start()
-        for informer in self.informers.values():
-            informer.synced.wait()
-        LOG.info("caches synced; %s is waiting for the lease", self.elector.identity)
-        wait = self.resync
-        while not self.stopping.is_set():
-            self.wake.wait(wait)
-            self.wake.clear()
-            self.heartbeat = time.monotonic()
+        try:
+            for informer in self.informers.values():
+                while not informer.synced.wait(0.2):
+                    if self.stopping.is_set():
+                        return
+            LOG.info("caches synced; %s is waiting for the lease", self.elector.identity)
+            self._elect_thread = threading.Thread(target=self._elect, name="lease", daemon=True)
+            self._elect_thread.start()
             wait = self.resync
-            if not self.elector.is_leader:
-                continue
-            reports = self.reconciler.reconcile_all()
-            self.passes += 1
-            if any(r.get("drains") for r in reports):
-                wait = min(wait, 0.5)  # a drain in progress: look again soon
-        self.elector.release()
-        for informer in self.informers.values():
-            informer.stop()
-        self.reconciler.close()
+            while not self.stopping.is_set():
+                self.wake.wait(wait)
+                self.wake.clear()
+                self.heartbeat = time.monotonic()
+                wait = self.resync
+                if self._lost_lease.is_set() or not self.elector.is_leader:
+                    if self._lost_lease.is_set():
+                        self._lost_lease.clear()
+                        self.reconciler.forget_in_flight()
+                    continue
+                try:
+                    reports = self.reconciler.reconcile_all()
+                except K.NotLeader as exc:
+                    LOG.info("pass stopped: %s", exc)
+                    self.reconciler.forget_in_flight()
+                    continue
+                self.passes += 1
+                wait = max(0.05, Reconciler.requeue_after(reports, self.resync))
+        finally:
+            self.stopping.set()
+            self.elector.release()
+            for informer in self.informers.values():
+                informer.stop(wait=0)
+            self.reconciler.close()
 
     def stop(self, *_):
         self.stopping.set()
@@ -585,7 +798,11 @@ def main(argv=None):
     parser.add_argument("--lease-namespace", default=None)
     parser.add_argument("--lease-name", default=os.environ.get("LEASE_NAME", "elastic-worker-controller"))
     parser.add_argument("--identity", default=os.environ.get("POD_NAME") or "%s-%d" % (socket.gethostname(), os.getpid()))
-    parser.add_argument("--lease-duration", type=int, default=int(os.environ.get("LEASE_DURATION", "15")))
+    parser.add_argument("--lease-duration", type=float, default=float(os.environ.get("LEASE_DURATION", "15")))
+    parser.add_argument("--renew-deadline", type=float, default=None,
+                        help="seconds a leader keeps acting without a renewal (default: 2/3 of the lease duration)")
+    parser.add_argument("--retry-period", type=float, default=None,
+                        help="seconds between lease attempts (default: 2/15 of the lease duration)")
     parser.add_argument("--resync-seconds", type=float, default=2.0)
     parser.add_argument("--celery-timeout", type=float, default=1.0)
     parser.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", "8080")))
@@ -603,8 +820,10 @@ def main(argv=None):
     lease_ns = args.lease_namespace or namespace or "default"
     kube = K.Kube(K.load_client(args.kubeconfig, args.context), namespace or None)
     controller = Controller(kube, namespace, lease_ns, args.lease_name, args.identity,
-                            lease_duration=args.lease_duration, resync_seconds=args.resync_seconds,
-                            celery_timeout=args.celery_timeout)
+                            lease_duration=args.lease_duration,
+                            renew_deadline=args.renew_deadline or args.lease_duration * 2.0 / 3.0,
+                            retry_period=args.retry_period or args.lease_duration * 2.0 / 15.0,
+                            resync_seconds=args.resync_seconds, celery_timeout=args.celery_timeout)
     health = Health(args.health_port, controller)
     health.start()
     signal.signal(signal.SIGTERM, controller.stop)
@@ -612,6 +831,7 @@ def main(argv=None):
     LOG.info("elastic worker controller %s: namespace %s, lease %s/%s, health :%d",
              args.identity, namespace or "<all>", lease_ns, args.lease_name, health.port)
     controller.run()
+    health.close()
     return 0
 
 

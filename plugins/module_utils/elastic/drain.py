@@ -27,7 +27,16 @@ Record (JSON-serialisable dict)::
      "hostname": "celery@worker-0", "queues": [{"name": ..., "exchange": ...,
      "exchange_type": ..., "routing_key": ...}], "started": <epoch s>,
      "deadline": <epoch s>, "updated": <epoch s>, "tasks": [<task ids seen>],
-     "reason": "timeout|aborted" (restoring only), "drained_at": <epoch s>}
+     "reason": "timeout|aborted" (restoring only), "drained_at": <epoch s>,
+     "uid": <pod uid> (stores keyed to a pod)}
+
+Two writers (an old and a new controller leader, the module and the
+controller) may step the same drain. A store that can tell raises
+:class:`Conflict` when the record changed since it was read (a 409 on a
+resourceVersion precondition); :meth:`Drain.step` then reads it again and
+steps from what it finds. A store keyed to a pod uid reports a pod replaced
+by another of the same name as gone (``exists`` is False), so its drain ends
+``gone``, never ``restored``.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 from .celery_control import CeleryControlError, QueueRef
 
 __all__ = [
+    "Conflict",
     "DONE_PHASES",
     "Drain",
     "DrainError",
@@ -53,6 +63,7 @@ __all__ = [
     "MemoryStore",
     "StateStore",
     "WorkerGone",
+    "parse_record",
     "run_all",
 ]
 
@@ -78,6 +89,27 @@ class DrainError(Exception):
 
 class WorkerGone(Exception):
     """Raised by a store when the worker (e.g. its pod) does not exist any more."""
+
+
+class Conflict(Exception):
+    """Raised by a store when the record changed since it was read (optimistic concurrency)."""
+
+
+def parse_record(raw, where="drain record"):
+    """The one parser of a stored drain record: a JSON text (or dict) -> dict, or None when empty.
+
+    Raises DrainError when it is not JSON, not an object or has no known phase.
+    """
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, (str, bytes)):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise DrainError("%s is not JSON: %r" % (where, raw)) from exc
+    if not isinstance(raw, dict) or raw.get("phase") not in RECORDED_PHASES:
+        raise DrainError("%s is not understood: %r" % (where, raw))
+    return raw
 
 
 # --- state stores ---------------------------------------------------------------
@@ -106,6 +138,10 @@ class StateStore(abc.ABC):
 
     def exists(self, worker: str) -> bool:
         return True
+
+    def uid(self, worker: str) -> Optional[str]:
+        """The uid of the object the worker's record is keyed to (None: not keyed)."""
+        return None
 
 
 class MemoryStore(StateStore):
@@ -274,6 +310,8 @@ class Drain:
         self._began = False  # this object created or adopted a record
         self._idle_streak = 0
         self._restore_failures = 0
+        self._unrecorded_cancel = None  # queues cancelled whose DRAINING record is not written yet
+        self.max_conflicts = 3
 
     # -- helpers ----------------------------------------------------------------
 
@@ -316,9 +354,28 @@ class Drain:
             rec = self.store.get(self.worker)
         except WorkerGone:
             return None
-        if rec is not None and (not isinstance(rec, dict) or rec.get("phase") not in RECORDED_PHASES):
-            raise DrainError("drain record of %s is not understood: %r" % (self.worker, rec))
+        rec = parse_record(rec, "drain record of %s" % self.worker)
+        uid = self.store.uid(self.worker)
+        if rec is not None and uid and rec.get("uid") not in (None, uid):
+            return None  # a record of another pod of that name: not this drain's
         return rec
+
+    def _after_conflict(self, exc) -> None:
+        """Another writer changed the record: undo our cancel if the record no longer says we drain."""
+        self.status.error = "drain record changed by another writer (%s); read again" % (exc or "409")
+        self._idle_streak = 0
+        queues, self._unrecorded_cancel = self._unrecorded_cancel, None
+        if queues is None:
+            return
+        try:
+            rec = self._read()
+        except DrainError:
+            rec = None
+        if rec is None or rec.get("phase") == RESTORING:
+            try:
+                self.control.add_consumer(self.hostname, queues)
+            except CeleryControlError:
+                pass  # the worker is gone or the other writer restores it
 
     # -- the steps --------------------------------------------------------------
 
@@ -331,6 +388,14 @@ class Drain:
         """
         if self.status.done:
             return self.status
+        for _ in range(self.max_conflicts):
+            try:
+                return self._step()
+            except Conflict as exc:
+                self._after_conflict(exc)
+        return self.status
+
+    def _step(self) -> DrainStatus:
         rec = self._read()
         if rec is None:
             if self._began:
@@ -392,6 +457,8 @@ class Drain:
             "deadline": now + self.timeout,
             "tasks": [],
         }
+        if self.store.uid(self.worker):
+            rec["uid"] = self.store.uid(self.worker)
         try:
             self._put(rec)
         except WorkerGone:
@@ -407,9 +474,11 @@ class Drain:
     def _cancel(self, rec: dict) -> DrainStatus:
         if self.clock() >= rec["deadline"]:
             return self._to_restoring(rec, "timeout")
+        self._unrecorded_cancel = rec["queues"]
         self.control.cancel_consumer(self.hostname, rec["queues"])
         rec["phase"] = DRAINING
         self._put(rec)
+        self._unrecorded_cancel = None
         self._sync(rec)
         self.status.error = None
         return self._poll(rec)
@@ -472,6 +541,14 @@ class Drain:
         when there is no record. Raises CeleryControlError if the worker cannot
         be told (the record then stays in ``restoring`` for a retry).
         """
+        for _ in range(self.max_conflicts - 1):
+            try:
+                return self._abort(reason)
+            except Conflict as exc:
+                self._after_conflict(exc)
+        return self._abort(reason)
+
+    def _abort(self, reason: str) -> DrainStatus:
         rec = self._read()
         if rec is None:
             if not self.store.exists(self.worker):

@@ -626,3 +626,14 @@ def autoscale(spec, status, current, load, now, target_bounds=None):
     desired = clamp(current, low, high)
     fields.update(lowLoadSince=None, desiredReplicas=desired)
     return desired, fields, "load %.1f%% within band" % load
+
+
+def degraded_condition(failures):
+    """The ``Degraded`` condition of an ElasticWorker from {what failed: error} of the last pass."""
+    if not failures:
+        return {"type": "Degraded", "status": "False", "reason": "AsExpected", "message": ""}
+    items = sorted(failures.items())
+    message = "; ".join("%s: %s" % (what, error) for what, error in items[:5])
+    if len(items) > 5:
+        message += "; and %d more" % (len(items) - 5)
+    return {"type": "Degraded", "status": "True", "reason": "ObjectErrors", "message": message[:1000]}
