@@ -250,10 +250,9 @@ drained:
   sample: [airflow-worker-4, airflow-worker-3]
 """
 
-import os
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
 
 try:
     from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.celery_control import (
@@ -271,6 +270,7 @@ try:
     from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.k8s_store import (
         PodAnnotationStore,
     )
+    from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.kube import load_client
 
     IMPORT_ERROR = None
 except ImportError:  # pragma: no cover
@@ -278,21 +278,18 @@ except ImportError:  # pragma: no cover
 
 
 def _kube_api(module):
+    """A CoreV1Api through the collection's one kube-config loader (``kube.load_client``)."""
     try:
-        from kubernetes import client, config
+        from kubernetes import client
     except ImportError:
         module.fail_json(msg=missing_required_lib("kubernetes"), exception=traceback.format_exc())
     kubeconfig = module.params["kubeconfig"]
     context = module.params["context"]
     try:
-        if not kubeconfig and not context and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config()
-        else:
-            config.load_kube_config(config_file=kubeconfig, context=context)
+        return client.CoreV1Api(load_client(kubeconfig, context))
     except Exception as exc:
         module.fail_json(msg="cannot load the Kubernetes configuration (kubeconfig=%s, context=%s): %s"
                          % (kubeconfig, context, exc))
-    return client.CoreV1Api()
 
 
 def _resolve_pods(module, api):
@@ -408,7 +405,7 @@ def _check_mode(module, control, store, targets):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            broker_url=dict(type="str", no_log=True, fallback=(lambda: os.environ["ELASTIC_AIRFLOW_BROKER_URL"], [])),
+            broker_url=dict(type="str", no_log=True, fallback=(env_fallback, ["ELASTIC_AIRFLOW_BROKER_URL"])),
             workers=dict(type="list", elements="str", default=[]),
             label_selectors=dict(type="list", elements="str", default=[]),
             celery_hostnames=dict(type="list", elements="str", default=[]),
@@ -440,7 +437,8 @@ def main():
     if p["state_file"]:
         store = FileStore(p["state_file"])
     elif api is not None:
-        store = PodAnnotationStore(api, p["namespace"])
+        # keyed to the uids read now: a pod replaced by another of that name is gone
+        store = PodAnnotationStore(api, p["namespace"], uids=dict((n, u) for n, u in pods if u))
     else:
         store = MemoryStore()
 

@@ -75,6 +75,8 @@ def one_pass(module, dry_run):
         report = rec.reconcile_elastic_worker(ew)
     finally:
         rec.close()
+    if report.get("failures"):  # the controller backs these off; a one-shot pass reports them
+        raise RuntimeError("; ".join("%s: %s" % item for item in sorted(report["failures"].items())))
     result.update(plan=report["plan"], actions=report["actions"], drains=report["drains"])
     scaled = bool(result.get("autoscaler")) and result["autoscaler"].get("desired") != result["autoscaler"].get("current")
     result["changed"] = bool(report["changed"] or scaled)

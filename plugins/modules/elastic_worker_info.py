@@ -40,7 +40,7 @@ workers:
   type: list
   elements: dict
 pending_drains:
-  description: Pods with a drain record, and its phase.
+  description: Pods with a drain record, and its phase (C(unreadable) when the record cannot be parsed).
   returned: always
   type: dict
 autoscaler:
@@ -49,13 +49,14 @@ autoscaler:
   type: dict
 """
 
-import json
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic_worker_module import (
     C, R, argument_spec, read_elastic_worker, require_libraries)
+from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.drain import DrainError
+from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.k8s_store import pod_record
 
 
 def main():
@@ -65,15 +66,17 @@ def main():
     try:
         kube, caches, ew = read_elastic_worker(module)
         rec = C.Reconciler(kube, caches, dry_run=True, celery_timeout=p["celery_timeout"])
-        pods = rec._pods_of(ew)
+        pods = rec.pods_of(ew)
         control = rec.control_for(p["namespace"], (ew["spec"].get("drain") or {}).get("brokerSecretRef"))
         states = rec.worker_states(control, pods)
         rec.close()
         workers, drains = [], {}
         for pod in sorted(pods, key=lambda x: x["metadata"]["name"]):
             name = pod["metadata"]["name"]
-            raw = (pod["metadata"].get("annotations") or {}).get(C.DRAIN_ANNOTATION)
-            phase = json.loads(raw).get("phase") if raw else None
+            try:
+                phase = (pod_record(pod) or {}).get("phase")
+            except DrainError:
+                phase = "unreadable"
             if phase:
                 drains[name] = phase
             st = (states or {}).get(name) or {}
