@@ -757,7 +757,7 @@ class LeaderElector:
         """Give the Lease up at shutdown so a peer takes over at once."""
         if not self.is_leader:
             return
-        timeout = getattr(self.kube, "request_timeout", REQUEST_TIMEOUT)
+        timeout = min(2.0, getattr(self.kube, "request_timeout", REQUEST_TIMEOUT))  # shutting down: do not linger
         try:
             lease = json.loads(self.kube.coordination.read_namespaced_lease(
                 self.name, self.namespace, _preload_content=False, _request_timeout=timeout).data)
