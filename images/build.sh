@@ -35,7 +35,7 @@ DEBIAN_MIRROR=http://deb.debian.org/debian
 export PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
 # Build order: a base before the images on it.
 ALL=(pause coredns debian-base redis postgresql mariadb rabbitmq
-     prometheus statsd-exporter kube-state-metrics airflow)
+     prometheus statsd-exporter kube-state-metrics airflow airflow-demo)
 
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
