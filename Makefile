@@ -174,3 +174,21 @@ bench-controller: venv ## ElasticWorker controller: one reconcile over 1,000 pod
 test-e2e: venv collection-link cluster-up ## real Airflow 3 from site.yml's config: PostgreSQL+Redis (health, DAG run, SIGKILLed worker, safe scale-in), MariaDB+RabbitMQ
 	tests/integration/e2e/airflow_venv.sh >/dev/null
 	pytest -v -s -p no:cacheprovider tests/integration/e2e/test_postgresql_redis.py tests/integration/e2e/test_mysql_rabbitmq.py
+
+# --- Images without a registry (images/, docs/images.md) ---------------------------
+.PHONY: images test-images
+CLUSTER_CONTAINERD_SOCK := $(CACHE)/run/cluster/containerd/containerd.sock
+
+# Builds every image the local inventory deploys (cached by content: a re-run
+# with nothing changed takes seconds) and, when the local cluster is up,
+# imports them into its node's containerd (skipped per image at the same digest).
+images: ## build the local cluster's images (no Docker, no registry) and import them into its containerd if it is up
+	@if [ -S $(CLUSTER_CONTAINERD_SOCK) ]; then images/build.sh --import $(CLUSTER_CONTAINERD_SOCK); \
+	else images/build.sh && echo "images: the local cluster is not up (no $(CLUSTER_CONTAINERD_SOCK)): built, not imported"; fi
+
+# Runs each image with `ctr run` as our manifests run it and checks the
+# contract (user, entrypoint, ports, probes, airflow db migrate on the
+# postgresql image). A private containerd unless ELASTIC_AIRFLOW_IMAGES_CONTAINERD
+# names the socket of one that holds the images.
+test-images: venv ## run every image under containerd and check the contract our manifests rely on
+	pytest -v -p no:cacheprovider images/test_images.py
