@@ -17,7 +17,7 @@ set -Eeuo pipefail
 
 say() { echo "docker-entrypoint.sh: $*" >&2; }
 
-if [ "${1:0:1}" = - ]; then
+if [ $# -eq 0 ] || [ "${1:0:1}" = - ]; then
     set -- mariadbd "$@"
 fi
 case "$1" in
@@ -82,8 +82,10 @@ if [ ! -d "$datadir/mysql" ]; then
     root_host=$(sql_string "${MYSQL_ROOT_HOST:-%}")
     {
         echo "SET @@SESSION.SQL_LOG_BIN = 0;"
-        # Anonymous accounts, if the install made any.
-        "${sql[@]}" -e "SELECT CONCAT('DROP USER ', QUOTE(User), '@', QUOTE(Host), ';') FROM mysql.user WHERE User = ''"
+        # The install's anonymous accounts and password-less root@<host>
+        # accounts: root is root@localhost and root@MYSQL_ROOT_HOST only.
+        "${sql[@]}" -e "SELECT CONCAT('DROP USER ', QUOTE(User), '@', QUOTE(Host), ';') FROM mysql.user
+                        WHERE User = '' OR (User = 'root' AND Host <> 'localhost')"
         echo "ALTER USER 'root'@'localhost' IDENTIFIED BY $root_pw;"
         if [ "${MYSQL_ROOT_HOST:-%}" != localhost ]; then
             echo "CREATE USER 'root'@$root_host IDENTIFIED BY $root_pw;"

@@ -17,7 +17,7 @@ set -Eeuo pipefail
 
 say() { echo "docker-entrypoint.sh: $*" >&2; }
 
-if [ "${1:0:1}" = - ]; then
+if [ $# -eq 0 ] || [ "${1:0:1}" = - ]; then
     set -- postgres "$@"
 fi
 if [ "$1" != postgres ]; then
