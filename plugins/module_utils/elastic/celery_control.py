@@ -1,3 +1,6 @@
+# -*- coding: utf-8 -*-
+# Copyright: elastic_airflow developers
+# Apache License 2.0 (see LICENSE)
 """A small Celery remote-control client over the broker (Redis or RabbitMQ).
 
 Pure Python (celery/kombu only, no Ansible). Used by the

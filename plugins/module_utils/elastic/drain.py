@@ -1,3 +1,6 @@
+# -*- coding: utf-8 -*-
+# Copyright: elastic_airflow developers
+# Apache License 2.0 (see LICENSE)
 """Safe drain of one Celery worker: a resumable, idempotent state machine.
 
 Pure Python, no Ansible imports. Used by the ``celery_worker_drain`` module

@@ -1,3 +1,6 @@
+# -*- coding: utf-8 -*-
+# Copyright: elastic_airflow developers
+# Apache License 2.0 (see LICENSE)
 """Drain state kept on the worker's pod, as the annotation ``elastic-airflow.io/drain``.
 
 Pure Python over the ``kubernetes`` client (no Ansible). The record travels
