@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 export PATH := $(VENV)/bin:$(PATH)
 export ELASTIC_AIRFLOW_CACHE := $(CACHE)
 CLUSTER := tests/cluster/cluster.sh
+# kubectl of the cluster's own build, with its admin kubeconfig.
+CLUSTER_KUBECTL = $$(cat $(CACHE)/run/cluster/bin)/kubectl --kubeconfig $(CACHE)/run/cluster/kubeconfig
 # The collection is imported as elastic_airflow.cluster through a link to this
 # checkout (one link per checkout path, so clones do not fight over it).
 COLLECTIONS := $(CACHE)/collections-$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-8)
@@ -18,7 +20,7 @@ INVENTORY ?= inventories/local
 TESTS := test-static test-unit test-cluster test-cluster-lifecycle test-playbooks molecule-local \
          test-drain test-drain-playbook test-monitoring test-elastic test-e2e
 
-.PHONY: help venv cluster-up cluster-down cluster-status
+.PHONY: help deps venv cluster-up cluster-down cluster-status
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -31,10 +33,13 @@ $(VENV)/.done: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.done ## create the Python venv (cached outside the repo)
 
-cluster-up: ## start the local Kubernetes control plane (etcd, apiserver, controllers, KWOK)
+deps: ## install the Debian packages a fresh machine lacks (containerd, runc, CNI plugins, real servers, ...)
+	@scripts/install-deps.sh
+
+cluster-up: deps ## start the local cluster (control plane, the real node with CoreDNS, KWOK nodes)
 	$(CLUSTER) up
 
-cluster-down: ## stop the local control plane and remove its state
+cluster-down: ## stop the local cluster and remove its state (and whatever the node changed on this machine)
 	$(CLUSTER) down
 
 cluster-status: ## which control plane components are running
@@ -44,12 +49,22 @@ collection-link:
 	@mkdir -p $(COLLECTIONS)/ansible_collections/elastic_airflow
 	@ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/elastic_airflow/cluster
 
-.PHONY: demo test test-static test-unit collection-link
+.PHONY: demo demo-down demo-password test test-static test-unit collection-link
 
-demo: venv collection-link cluster-up ## bring up the local cluster and deploy site.yml on it
-	ansible-playbook -i $(INVENTORY) playbooks/site.yml
+# Each step says how long it took; a re-run changes nothing and is quick.
+demo: deps venv collection-link ## the local cluster, its images, site.yml, then an Airflow to log in to (URLs and login at the end)
+	@s=$$(date +%s); $(MAKE) --no-print-directory cluster-up && echo "[demo] cluster up: $$(( $$(date +%s) - s )) s"
+	@s=$$(date +%s); $(MAKE) --no-print-directory images && echo "[demo] images: $$(( $$(date +%s) - s )) s"
+	@s=$$(date +%s); ansible-playbook -i $(INVENTORY) playbooks/site.yml && echo "[demo] site.yml: $$(( $$(date +%s) - s )) s"
+	@python scripts/demo.py
 
-test: venv collection-link ## run every test (what CI runs)
+demo-down: ## stop the demo's port-forwards (the cluster keeps running)
+	@python scripts/demo.py --stop
+
+demo-password: ## print the demo login's password (user admin)
+	@$(CLUSTER_KUBECTL) -n airflow get secret airflow-airflow-passwords -o jsonpath='{.data.admin}' | base64 -d; echo
+
+test: deps venv collection-link ## run every test (what CI runs)
 	@failed=""; for t in $(TESTS); do \
 	  echo "=== make $$t"; s=$$(date +%s); \
 	  $(MAKE) --no-print-directory $$t || failed="$$failed $$t"; \
@@ -79,9 +94,10 @@ test-unit: venv collection-link ## unit tests of the pure Python logic
 
 # Runs against the shared cluster: starts it if it is not up, and then stops
 # it again, so the cluster is left as it was found.
-test-cluster: venv ## control plane tests (Deployment, StatefulSet+PVC, Job, CRD, HPA, namespace deletion, RBAC)
+test-cluster: deps venv ## control plane (KWOK) and real node tests (probes, logs/exec/port-forward, DNS, tokens, volumes, preStop, OOM)
 	@started=; if ! $(CLUSTER) status >/dev/null 2>&1; then $(CLUSTER) up >/dev/null || exit 1; started=1; fi; \
-	rc=0; pytest -v -p no:cacheprovider tests/cluster/test_cluster.py || rc=$$?; \
+	rc=0; $(MAKE) --no-print-directory images && \
+	pytest -v -p no:cacheprovider tests/cluster/test_cluster.py tests/cluster/test_real_node.py || rc=$$?; \
 	if [ -n "$$started" ]; then $(CLUSTER) down; fi; exit $$rc
 
 # A private cluster (own state dir and ports): up, status, up again, down, then

@@ -478,9 +478,23 @@ stop_component() { # name: TERM, then KILL after 10 s
   ! alive "$c" || die "could not stop $c (pid $pid)"
 }
 
+# Port-forwards that outlive their command (make demo records them here).
+stop_port_forwards() {
+  local f pid
+  for f in "$STATE"/port-forwards/*.pid; do
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--kubeconfig $STATE/kubeconfig"; then
+      log "stopping port-forward $(basename "$f" .pid) (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+    fi
+  done
+}
+
 cmd_down() {
   local c
   [ -d "$STATE" ] || { log "not running (no state in $STATE)"; return 0; }
+  stop_port_forwards
   stop_component pv-recycler
   node_down  # a no-op without a real node
   for c in "${CONTROL_PLANE[@]}"; do stop_component "$c"; done
