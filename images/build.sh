@@ -55,6 +55,14 @@ for n in "${NAMES[@]}"; do
     [ -f "$HERE/$n/image.sh" ] || { echo "build.sh: no image $n (no $HERE/$n/image.sh)" >&2; exit 2; }
 done
 
+# One build at a time per cache (they share the base layers and apt's cache).
+mkdir -p "$OUT"
+exec 9>"$OUT/.lock"
+if ! flock -n 9; then
+    echo "build.sh: waiting for another build.sh using $OUT" >&2
+    flock 9
+fi
+
 T0=$(date +%s.%N)
 elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f s", b - a }'; }
 log() { printf '[%7s] %s\n' "$(elapsed "$T0")" "$*" >&2; }

@@ -575,3 +575,46 @@ def test_kube_state_metrics(containerd, run):
     wait_for(lambda: c.status() == "STOPPED", 30, "version")
     assert c.exit_status() == 0
     assert "v2.15.0" in c.logs()
+
+
+def test_airflow_api_server_and_worker(containerd, run, postgresql):
+    """The api-server and a Celery worker as our manifests start and probe them."""
+    from urllib.parse import quote
+    pw = quote(POSTGRES_ENV["POSTGRES_PASSWORD"], safe="")
+    redis = run("redis", as_user(999, 999) + ["sh", "-c", "printf 'requirepass %s\\n' \"$REDIS_PASSWORD\" > "
+                "/tmp/redis.conf && exec redis-server /tmp/redis.conf --dir /data --appendonly no --save ''"],
+                env={"REDIS_PASSWORD": "rd-pw"}, netns_of=postgresql)
+    wait_for(lambda: redis.exec("sh", "-c", "REDISCLI_AUTH=rd-pw redis-cli -h 127.0.0.1 ping | grep -q PONG",
+                                check=False).returncode == 0, 30, "redis")
+    env = {**AIRFLOW_ENV,
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://airflow:{pw}@127.0.0.1:5432/airflow",
+           "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://airflow:{pw}@127.0.0.1:5432/airflow",
+           "AIRFLOW__CELERY__BROKER_URL": "redis://:rd-pw@127.0.0.1:6379/0",
+           "AIRFLOW__CORE__FERNET_KEY": "8sJ-4eG3Z6Yl7cq4jvK9DUm_6cBBO6nK3y9b8bqpZ0k=",
+           "AIRFLOW__API__SECRET_KEY": "api-secret", "AIRFLOW__API_AUTH__JWT_SECRET": "jwt-secret",
+           "CONNECTION_CHECK_MAX_COUNT": "20", "CONNECTION_CHECK_SLEEP_TIME": "1"}
+    migrate = run("airflow", entrypoint_with(containerd, "airflow", ["airflow", "db", "migrate"]), env=env,
+                  netns_of=postgresql)
+    wait_for(lambda: migrate.status() == "STOPPED", 600, "airflow db migrate", interval=2)
+    assert migrate.exit_status() == 0, migrate.logs()[-3000:]
+
+    # api-server.yaml.j2: args ["airflow", "api-server", "--port", "8080"], probe /api/v2/monitor/health.
+    api = run("airflow", entrypoint_with(containerd, "airflow", ["airflow", "api-server", "--port", "8080"]),
+              env=env, netns_of=postgresql)
+    # worker-pod-template.yaml.j2: bash -c 'exec airflow celery worker ...', DUMB_INIT_SETSID=0.
+    worker = run("airflow", entrypoint_with(containerd, "airflow", [
+        "bash", "-c", 'exec airflow celery worker --celery-hostname "$(hostname)"']),
+        env={**env, "DUMB_INIT_SETSID": "0"}, netns_of=postgresql)
+    status, body = wait_for(lambda: http_get(api, 8080, "/api/v2/monitor/health"), 300, "the api-server health",
+                            interval=3)
+    assert status == 200, body
+    assert json.loads(body)["metadatabase"]["status"] == "healthy"
+    ping = ('CONNECTION_CHECK_MAX_COUNT=0 exec /entrypoint python -m celery --app '
+            'airflow.providers.celery.executors.celery_executor.app inspect ping -d "celery@$(hostname)"')
+    wait_for(lambda: worker.exec("sh", "-c", ping, check=False, timeout=60).returncode == 0, 300,
+             "the worker's liveness probe", interval=5)
+    # dumb-init is PID 1, the worker its child; the log server listens on 8793.
+    comm = subprocess.run(["ps", "-o", "comm=", "-p", str(worker.pid)], capture_output=True, text=True).stdout
+    assert comm.strip() == "dumb-init"
+    wait_for(lambda: worker.in_netns("python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 8793))")
+             .returncode == 0, 60, "the worker's log server")
