@@ -9,7 +9,7 @@ __metaclass__ = type
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.validation import resource_errors
+from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.validation import redact_url, resource_errors, storage_class_errors
 
 
 def _resource_errors(resources_by_name):
@@ -22,4 +22,5 @@ def _resource_errors(resources_by_name):
 class FilterModule(object):
 
     def filters(self):
-        return {"resource_errors": _resource_errors}
+        return {"resource_errors": _resource_errors, "redact_url": redact_url,
+                "storage_class_errors": storage_class_errors}

@@ -95,3 +95,49 @@ def test_dns_names(value, label, subdomain):
 def test_image_references(image, reference, pinned):
     assert (V.image_parts(image) is not None) is reference
     assert V.is_pinned_image(image) is pinned
+
+
+@pytest.mark.parametrize(("text", "shown", "hidden"), [
+    ("https://elastic:s3cr3tPW@es.example.com:9200", "https://<redacted>@es.example.com:9200", "s3cr3tPW"),
+    ("https://ghp_T0KENvalue@github.com/org/repo.git", "https://<redacted>@github.com/org/repo.git", "ghp_T0KENvalue"),
+    ("http://prom:9090/api?access_token=abc123XYZ&x=1", "http://prom:9090/api?access_token=<redacted>&x=1", "abc123XYZ"),
+    ("s3://bucket/prefix?AWSAccessKeyId=AKIAxyz&Signature=sig123", "Signature=<redacted>", "sig123"),
+    ("git@github.com:org/repo.git", "git@github.com:org/repo.git", None),
+    ("not a url with password=hunter2 inside", "password=<redacted>", "hunter2"),
+])
+def test_redact_url_hides_credentials_and_keeps_the_rest(text, shown, hidden):
+    out = V.redact_url(text)
+    assert shown in out
+    if hidden:
+        assert hidden not in out
+
+
+def _sc(name, default=False, beta=False):
+    key = "storageclass.beta.kubernetes.io/is-default-class" if beta else "storageclass.kubernetes.io/is-default-class"
+    return {"metadata": {"name": name, "annotations": {key: "true"} if default else {}}}
+
+
+def test_storage_classes_fine_with_a_default_or_a_named_class():
+    classes = [_sc("standard", default=True), _sc("nfs")]
+    claims = [{"var": "broker_storage_class", "class": ""},
+              {"var": "git_sync_pvc_storage_class", "class": "nfs", "access_modes": ["ReadWriteMany"]}]
+    assert V.storage_class_errors(claims, classes) == []
+    assert V.storage_class_errors([{"var": "a", "class": ""}], [_sc("gp2", default=True, beta=True)]) == []
+
+
+def test_an_empty_class_without_a_default_class_names_the_variable():
+    # EKS 1.30+: gp2 exists but is not the default.
+    errors = V.storage_class_errors([{"var": "database_storage_class", "class": ""}], [_sc("gp2")])
+    assert len(errors) == 1
+    assert errors[0].startswith("database_storage_class is empty") and "has none" in errors[0] and "gp2" in errors[0]
+
+
+def test_a_named_class_must_exist():
+    errors = V.storage_class_errors([{"var": "broker_storage_class", "class": "fast"}], [_sc("standard", default=True)])
+    assert errors == ["broker_storage_class: StorageClass 'fast' does not exist (StorageClasses of this cluster: standard)."]
+
+
+def test_read_write_many_needs_a_named_class():
+    errors = V.storage_class_errors(
+        [{"var": "git_sync_pvc_storage_class", "class": "", "access_modes": ["ReadWriteMany"]}], [_sc("standard", default=True)])
+    assert len(errors) == 1 and errors[0].startswith("git_sync_pvc_storage_class is empty, but the claim asks for ReadWriteMany")

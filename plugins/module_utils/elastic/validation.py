@@ -135,3 +135,55 @@ def is_pinned_image(value):
         return False
     _name, tag, digest = parts
     return bool(digest) or (bool(tag) and tag != "latest")
+
+
+# scheme://userinfo@ : the userinfo (user, password or token) goes.
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
+# Query parameters and key=value pairs whose name says they carry a secret.
+_SECRET_PARAM = re.compile(r"(?i)(?P<key>[?&;]?[A-Za-z0-9_.-]*(?:token|passw(?:or)?d|pwd|secret|key|auth|signature|credential)"
+                           r"[A-Za-z0-9_.-]*=)[^&#\s]*")
+REDACTED = "<redacted>"
+
+
+def redact_url(value):
+    """The text of a URL (or any setting) fit to print in a message: the
+    userinfo of every scheme://user:password@host and the values of
+    password/token/secret/key parameters are replaced by <redacted>. Other
+    text is kept, so the message still shows what was wrong."""
+    text = value if isinstance(value, str) else str(value)
+    text = _URL_USERINFO.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
+    return _SECRET_PARAM.sub(lambda m: m.group("key") + REDACTED, text)
+
+
+_DEFAULT_CLASS_ANNOTATIONS = ("storageclass.kubernetes.io/is-default-class",
+                              "storageclass.beta.kubernetes.io/is-default-class")
+
+
+def storage_class_errors(claims, storage_classes):
+    """What is wrong with the StorageClasses of the claims a layer creates.
+
+    claims: [{var, class, access_modes}] (var: the variable naming the
+    class; class: its value, empty for the cluster's default).
+    storage_classes: StorageClass objects as the API returns them.
+    Returns one sentence per problem, naming the variable."""
+    names = sorted((sc.get("metadata") or {}).get("name", "") for sc in storage_classes)
+    defaults = sorted(
+        (sc.get("metadata") or {}).get("name", "") for sc in storage_classes
+        if any(((sc.get("metadata") or {}).get("annotations") or {}).get(a) == "true" for a in _DEFAULT_CLASS_ANNOTATIONS))
+    known = ", ".join(names) or "none"
+    errors = []
+    for claim in claims:
+        var, name = claim["var"], claim.get("class") or ""
+        modes = claim.get("access_modes") or ["ReadWriteOnce"]
+        if name and name not in names:
+            errors.append("%s: StorageClass '%s' does not exist (StorageClasses of this cluster: %s)." % (var, name, known))
+        elif not name and "ReadWriteMany" in modes:
+            errors.append("%s is empty, but the claim asks for ReadWriteMany, which the default StorageClass "
+                          "(%s) cannot be assumed to serve (local-path and EBS cannot): name a class that can, "
+                          "such as an NFS or EFS one (StorageClasses of this cluster: %s)."
+                          % (var, ", ".join(defaults) or "none", known))
+        elif not name and not defaults:
+            errors.append("%s is empty, which means the cluster's default StorageClass, and this cluster has "
+                          "none (EKS 1.30 and later have none): the claim would stay Pending. Name a StorageClass "
+                          "(StorageClasses of this cluster: %s) or mark one as the default." % (var, known))
+    return errors

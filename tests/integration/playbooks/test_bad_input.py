@@ -1,6 +1,8 @@
 """Bad input fails before anything in the cluster changes, with an error that
 names the variable. The cases live in tests/integration/bad_input/*.yml, one
-file per layer: `- name: ..., vars: {...}, expect: "<text of the error>"`.
+file per layer: `- name: ..., vars: {...}, expect: "<text of the error>"`,
+and optionally `secret: "<text>"`: the case then runs with -vvv, and that text
+(a credential inside the bad value) must appear nowhere in the output.
 
 The first case of each file runs through site.yml (so a bad late layer stops
 the run before the first layer is applied); the others run through the
@@ -42,10 +44,12 @@ def snapshots(converged):
 @pytest.mark.parametrize(("playbook", "case"), CASES)
 def test_bad_input_fails_before_any_change(snapshots, playbook, case):
     before = snapshots[-1]
-    run = run_playbook(playbook, extra_vars=case["vars"])
+    run = run_playbook(playbook, *(["-vvv"] if "secret" in case else []), extra_vars=case["vars"])
     after = cluster_snapshot()
     snapshots.append(after)
     assert run.rc != 0, f"accepted bad input {case['vars']}"
     assert case["expect"] in run.output, run.output[-3000:]
+    if "secret" in case:
+        assert case["secret"] not in run.output, "a credential was printed"
     assert run.changed == 0, run.changed_tasks
     assert after == before, {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
