@@ -99,9 +99,10 @@ class ClusterConfig:
         return list(c.command or []) + list(c.args or []), env
 
     def component(self, name):
-        """(argv, env) of a Deployment's main container."""
-        dep = self.apps.read_namespaced_deployment("%s-%s" % (self.cluster, name), self.namespace)
-        return self._container_env(dep.spec.template.spec, name)
+        """(argv, env) of a component's main container (the triggerer is a StatefulSet, the others Deployments)."""
+        read = self.apps.read_namespaced_stateful_set if name == "triggerer" else self.apps.read_namespaced_deployment
+        workload = read("%s-%s" % (self.cluster, name), self.namespace)
+        return self._container_env(workload.spec.template.spec, name)
 
     def worker_template(self):
         """The worker StatefulSet's pod template (a V1PodTemplateSpec)."""

@@ -50,7 +50,7 @@ def test_git_mode_converges_with_git_sync_in_every_pod_that_reads_dags(git_clust
             assert status.get("readyReplicas", 0) == item["spec"]["replicas"], (kind, item["metadata"]["name"], status)
     # Airflow 3: the dag-processor parses DAG files, triggerer and workers run
     # their code; the scheduler and api-server read serialized DAGs only.
-    for kind, component in [("deployment", "dag-processor"), ("deployment", "triggerer"), ("statefulset", "worker")]:
+    for kind, component in [("deployment", "dag-processor"), ("statefulset", "triggerer"), ("statefulset", "worker")]:
         pod = _json("get", kind, f"{CLUSTER}-{component}")["spec"]["template"]["spec"]
         assert "git-sync" in [c["name"] for c in pod["containers"]], component
         assert "git-sync-init" in [c["name"] for c in pod["initContainers"]], component
