@@ -23,7 +23,10 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[3]
 # API-level suite: every pod on the KWOK nodes (no container runs; see inventories/local-kwok).
 INVENTORIES = ["-i", str(REPO / "inventories" / "local"), "-i", str(REPO / "inventories" / "local-kwok")]
-NAMESPACE = "airflow"
+# ELASTIC_AIRFLOW_TEST_NAMESPACE runs the suite in another namespace (passed
+# as elastic_airflow_namespace), so that it does not meet someone else's work
+# on the shared local cluster's `airflow` namespace.
+NAMESPACE = os.environ.get("ELASTIC_AIRFLOW_TEST_NAMESPACE", "airflow")
 CLUSTER_NAME = "airflow"
 RECAP = re.compile(r"^\S+\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
@@ -82,6 +85,8 @@ def run_playbook(playbook: str, *args: str, extra_vars: dict | None = None, time
 
     name = "elastic_airflow.cluster." + playbook.removesuffix(".yml")
     cmd = ["ansible-playbook", *INVENTORIES, name, *args]
+    if NAMESPACE != "airflow":  # before the case's own -e, which wins
+        cmd += ["-e", json.dumps({"elastic_airflow_namespace": NAMESPACE})]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(extra_vars or {}, fh)
     cmd += ["-e", "@" + fh.name]
