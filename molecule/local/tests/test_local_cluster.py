@@ -25,14 +25,16 @@ def test_kubeconfig_is_private(host):
     assert kubeconfig.mode & 0o077 == 0
 
 
-def test_control_plane_processes_run(host):
-    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"):
+def test_control_plane_and_node_processes_run(host):
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
+                 "containerd", "kubelet", "kube-proxy"):
         assert host.process.filter(comm=name[:15]), f"{name} is not running"
 
 
-def test_api_server_listens_on_loopback_only(host):
+def test_api_server_listens_on_the_node_address_only(host):
+    # The real node's bridge address (ours, 198.18.0.1): pods reach the API there.
     api = [s for s in host.socket.get_listening_sockets() if s.endswith(":16443")]
-    assert api and all("127.0.0.1" in s for s in api), api
+    assert api and all("198.18.0.1" in s for s in api), api
 
 
 def test_workloads_are_ready(host):
@@ -56,3 +58,44 @@ def test_migrations_completed_before_airflow(host):
 def test_secrets_were_generated(host):
     secret = kubectl(host, "get", "secret", f"{PREFIX}-generated-secrets", "-n", NAMESPACE)
     assert {"fernet-key", "api-secret-key", "jwt-secret", "database-password", "broker-password"} <= set(secret["data"])
+
+
+# --- Inside the real containers (the real node runs them) ------------------------
+
+def exec_in(host, workload, *command):
+    bin_dir = host.check_output(f"{os.environ['MOLECULE_PROJECT_DIRECTORY']}/tests/cluster/build.sh 2>/dev/null")
+    return host.run(f"{bin_dir}/kubectl --kubeconfig {KUBECONFIG} -n {NAMESPACE} exec {workload} -- "
+                    + " ".join(command))
+
+
+def airflow_config(host, section, key):
+    result = exec_in(host, f"deploy/{PREFIX}-scheduler", "airflow", "config", "get-value", section, key)
+    assert result.rc == 0, result.stderr[-2000:]
+    return result.stdout.strip()
+
+
+def test_components_see_the_executor_broker_and_database_from_the_secrets(host):
+    assert airflow_config(host, "core", "executor") == "CeleryExecutor"
+    # Credentials are in these values: compare, never print them.
+    broker = airflow_config(host, "celery", "broker_url")
+    assert broker.startswith("redis://") and f"@{PREFIX}-broker:6379/" in broker, "broker_url does not name our broker"
+    database = airflow_config(host, "database", "sql_alchemy_conn")
+    assert database.startswith("postgresql") and f"@{PREFIX}-database:5432/" in database, \
+        "sql_alchemy_conn does not name our database"
+    assert airflow_config(host, "core", "auth_manager").endswith("SimpleAuthManager")
+
+
+def test_processes_run_as_their_images_users(host):
+    for workload, uid in ((f"deploy/{PREFIX}-scheduler", "50000"), (f"deploy/{PREFIX}-api-server", "50000"),
+                          (f"statefulset/{PREFIX}-database", "999"), (f"statefulset/{PREFIX}-broker", "999")):
+        result = exec_in(host, workload, "id", "-u")
+        assert result.rc == 0 and result.stdout.strip() == uid, (workload, result.stdout, result.stderr)
+
+
+def test_mounted_secrets_are_readable_by_their_user_only(host):
+    # The users' passwords: mode 0440 (owner root, group 0 = the airflow user's group).
+    result = exec_in(host, f"deploy/{PREFIX}-api-server", "stat", "-L", "-c", "%a", "/opt/airflow/passwords/admin")
+    assert result.rc == 0 and result.stdout.strip() == "440", result.stdout + result.stderr
+    # SimpleAuthManager's copy, in memory, the airflow user's alone.
+    result = exec_in(host, f"deploy/{PREFIX}-api-server", "stat", "-c", "%a:%u", "/opt/airflow/auth/passwords.json")
+    assert result.rc == 0 and result.stdout.strip() == "600:50000", result.stdout + result.stderr
