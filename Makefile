@@ -18,7 +18,7 @@ INVENTORY ?= inventories/local
 # What `make test` (and so CI) runs, in this order: cheap and static first,
 # then the control plane, the playbooks on it, and the real-server suites.
 TESTS := test-static test-unit test-cluster test-cluster-lifecycle test-playbooks molecule-local \
-         test-drain test-drain-playbook test-monitoring test-elastic test-e2e
+         test-drain test-drain-playbook test-monitoring test-elastic test-e2e test-e2e-pods
 
 .PHONY: help deps venv cluster-up cluster-down cluster-status
 
@@ -179,7 +179,12 @@ bench-controller: venv ## ElasticWorker controller: one reconcile over 1,000 pod
 	python benchmarks/bench_controller.py
 
 # --- Real Airflow 3 end to end (issue 6) ------------------------------------------
-.PHONY: test-e2e
+.PHONY: test-e2e test-e2e-pods
+
+# site.yml on the real node (namespace e2e-pods), driven through its API:
+# bursts scaled out and in by the controller in its pods, a busy worker deleted.
+test-e2e-pods: venv collection-link cluster-up images ## Airflow end to end in real pods: scale out/in through drained workers, a deleted busy worker
+	pytest -v -s -p no:cacheprovider tests/integration/e2e_pods
 
 # Deploys site.yml twice (namespaces e2e-pg, e2e-my; the second in the
 # background during the first's tests), reads the configuration back from the

@@ -1,8 +1,10 @@
 """DAGs of the end-to-end tests. Each task records where it ran: the pod
-name of its Celery worker (E2E_POD_NAME, set by the harness for the worker
-process of that pod), so a test can tell which worker ran what."""
+name of its Celery worker (E2E_POD_NAME, set by the local-process harness
+for the worker process of that pod; in a real pod, its hostname), so a test
+can tell which worker ran what."""
 import datetime
 import os
+import socket
 import time
 
 from airflow.sdk import dag, get_current_context, task
@@ -11,7 +13,8 @@ DEFAULTS = {"retries": 0}
 
 
 def _pod():
-    return os.environ.get("E2E_POD_NAME", "?")
+    # The local-process harness names the pod; in a real pod it is the hostname.
+    return os.environ.get("E2E_POD_NAME") or socket.gethostname()
 
 
 def _append(path, line):

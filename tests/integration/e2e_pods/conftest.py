@@ -1,0 +1,195 @@
+"""The end-to-end suite in real pods: site.yml with inventories/local deploys
+Airflow on the local cluster's real node (the images of `make images`), and
+the tests drive it through its REST API, port-forwarded to 127.0.0.1, with
+the generated password. Real-node suite: every component, the controller
+(2 replicas, leader-elected) and the Celery workers run in containers.
+
+Needs the shared cluster up with its images imported (`make test-e2e-pods`
+sees to both).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from kubernetes import client
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from local_cluster import SHARED_KUBECONFIG, api_fixture  # noqa: E402
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+DAGS = REPO / "tests" / "integration" / "e2e" / "dags" / "e2e_dags.py"
+VARS = HERE / "vars" / "postgresql-redis.yml"
+NAMESPACE = "e2e-pods"
+PREFIX = "e2e"
+RESULTS = "/results"
+DAGS_CLAIM = "e2e-dags-fixture"
+API_PORT = int(os.environ.get("ELASTIC_AIRFLOW_E2E_PODS_API_PORT", "18180"))
+
+api = api_fixture(SHARED_KUBECONFIG)
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
+    state = pathlib.Path(SHARED_KUBECONFIG).parent
+    cmd = [(state / "bin").read_text().strip() + "/kubectl", "--kubeconfig", SHARED_KUBECONFIG, "-n", NAMESPACE, *args]
+    proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode:
+        raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+class Airflow:
+    """The deployed Airflow's REST API, as its admin user."""
+
+    def __init__(self, base: str, password: str):
+        self.base = base
+        self.token = self._call("POST", "/auth/token", {"username": "admin", "password": password})["access_token"]
+
+    def _call(self, method, path, body=None):
+        headers = {"Content-Type": "application/json"}
+        if getattr(self, "token", None):
+            headers["Authorization"] = "Bearer " + self.token
+        req = urllib.request.Request(self.base + path, method=method, headers=headers,
+                                     data=None if body is None else json.dumps(body).encode())
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def dag_known(self, dag_id):
+        try:
+            self._call("GET", f"/api/v2/dags/{dag_id}")
+            return True
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return False
+            raise
+
+    def unpause(self, dag_id):
+        self._call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+
+    def trigger(self, dag_id, conf, run_id):
+        return self._call("POST", f"/api/v2/dags/{dag_id}/dagRuns",
+                          {"dag_run_id": run_id, "logical_date": None, "conf": conf})
+
+    def run(self, dag_id, run_id):
+        return self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+
+    def tries(self, dag_id, run_id):
+        return self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+
+
+def _listening(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def load_dags():
+    """A one-off pod of the Airflow image writes the DAG file into the claim
+    (git_sync_mode pvc: "fill it yourself")."""
+    image = "localhost/elastic-airflow/airflow:3.3.2"
+    kubectl("delete", "pod", "dags-loader", "--ignore-not-found", "--wait=true")
+    kubectl("run", "dags-loader", "--restart=Never", f"--image={image}", "--image-pull-policy=Never",
+            "--overrides", json.dumps({"spec": {
+                "securityContext": {"runAsUser": 50000, "runAsGroup": 0, "fsGroup": 0, "runAsNonRoot": True,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{"name": "dags-loader", "image": image, "stdin": True, "stdinOnce": True,
+                                "command": ["sh", "-c", "cat > /dags/e2e_dags.py"],
+                                "securityContext": {"allowPrivilegeEscalation": False,
+                                                    "capabilities": {"drop": ["ALL"]}},
+                                "volumeMounts": [{"name": "dags", "mountPath": "/dags"}]}],
+                "volumes": [{"name": "dags", "persistentVolumeClaim": {"claimName": DAGS_CLAIM}}]}}),
+            "-i", "--quiet", input=DAGS.read_text())
+    kubectl("delete", "pod", "dags-loader", "--wait=true")
+
+
+@pytest.fixture(scope="session")
+def deployed(api):
+    """site.yml on the real node, once; the DAG file copied into the DAGs claim."""
+    core = client.CoreV1Api(api)
+
+    def not_terminating():
+        try:
+            return core.read_namespace(NAMESPACE).status.phase != "Terminating"
+        except client.ApiException as exc:
+            return exc.status == 404
+    wait_for(not_terminating, 300, f"namespace {NAMESPACE} of an earlier run to be gone", interval=2)
+    try:
+        core.create_namespace({"metadata": {"name": NAMESPACE}})
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    # The workers' shared output (airflow_worker_extra_volumes names it), and
+    # the DAGs' claim (git_sync_pvc_claim_name), filled before any Airflow pod
+    # mounts it: the first mount of a local volume applies the pod's fsGroup.
+    for claim in ("e2e-results", DAGS_CLAIM):
+        kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
+    load_dags()
+    t0 = time.monotonic()
+    proc = subprocess.run(["ansible-playbook", "-i", str(REPO / "inventories" / "local"),
+                           str(REPO / "playbooks" / "site.yml"), "-e", "@" + str(VARS)],
+                          cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
+    print(f"\nsite.yml on the real node: {time.monotonic() - t0:.0f} s")
+    again = subprocess.run(["ansible-playbook", "-i", str(REPO / "inventories" / "local"),
+                            str(REPO / "playbooks" / "site.yml"), "-e", "@" + str(VARS)],
+                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and " changed=0 " in again.stdout, again.stdout[-3000:]
+    yield core
+    # Not waited for: the workers' warm shutdown may take their grace period.
+    core.delete_namespace(NAMESPACE)
+
+
+@pytest.fixture(scope="session")
+def airflow(deployed):
+    forward = subprocess.Popen(
+        [(pathlib.Path(SHARED_KUBECONFIG).parent / "bin").read_text().strip() + "/kubectl", "--kubeconfig",
+         SHARED_KUBECONFIG, "-n", NAMESPACE, "port-forward", "--address", "127.0.0.1", f"svc/{PREFIX}-api-server",
+         f"{API_PORT}:8080"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _listening(API_PORT), 30, "the api-server port-forward")
+        password = base64.b64decode(kubectl("get", "secret", f"{PREFIX}-airflow-passwords",
+                                            "-o", "jsonpath={.data.admin}")).decode()
+        af = Airflow(f"http://127.0.0.1:{API_PORT}", password)
+        wait_for(lambda: af.dag_known("e2e_sleep_append"), 180, "the e2e DAGs parsed from the claim", interval=3)
+        yield af
+    finally:
+        forward.terminate()
+        forward.wait(10)
+
+
+def worker_pods(core):
+    return [p for p in core.list_namespaced_pod(NAMESPACE, label_selector="app.kubernetes.io/component=worker").items
+            if p.metadata.deletion_timestamp is None]
+
+
+def results(core, path):
+    """The lines of a results file, read in a running worker."""
+    pod = wait_for(lambda: [p for p in worker_pods(core) if p.status.phase == "Running"], 120, "a running worker")[0]
+    out = kubectl("exec", pod.metadata.name, "-c", "worker", "--", "sh", "-c", f"cat {path} 2>/dev/null || true")
+    return [line.split() for line in out.splitlines() if line.strip()]
