@@ -113,7 +113,10 @@ def kubectl(*args: str) -> str:
 
 # Objects that change on their own (heartbeats, leader leases, events) are no
 # evidence of what a playbook did.
-VOLATILE = {"events", "events.events.k8s.io", "leases.coordination.k8s.io"}
+# ServiceCIDRs and IPAddresses change whenever anyone creates or deletes a
+# Service anywhere in the shared cluster.
+VOLATILE = {"events", "events.events.k8s.io", "leases.coordination.k8s.io",
+            "ipaddresses.networking.k8s.io", "servicecidrs.networking.k8s.io"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -141,6 +144,8 @@ def cluster_snapshot() -> dict[str, str]:
             meta = item["metadata"]
             if item["kind"] == "Namespace" and meta["name"] != NAMESPACE:
                 continue  # other test suites' namespaces come and go
+            if item["kind"] == "PersistentVolume" and (item["spec"].get("claimRef") or {}).get("namespace") != NAMESPACE:
+                continue  # the shared pool: bound, released and recycled for other namespaces' claims
             snapshot[f"{item['kind']}/{meta.get('namespace', '')}/{meta['name']}"] = meta["resourceVersion"]
     return snapshot
 
