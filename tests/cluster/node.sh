@@ -380,6 +380,24 @@ node_start() {
   wait_for "node $NODE_NAME Ready" 90 node_ready
   kubectl apply --server-side --force-conflicts -f - >/dev/null < <(coredns_manifest; node_pv_manifest)
   wait_for "CoreDNS Ready" 30 coredns_ready
+  wait_for "kube-proxy's first sync" 30 kube_proxy_synced
+  node_guard_first
+}
+
+kube_proxy_synced() {
+  iptables -S OUTPUT | grep -q -- '-j KUBE-SERVICES' && iptables -S FORWARD | grep -q -- '-j KUBE-FORWARD'
+}
+
+# kube-proxy and the kubelet insert their jumps at the top of OUTPUT and
+# FORWARD when they start (KUBE-FORWARD accepts established and marked
+# packets): the guard goes back in front of them. They only check that their
+# rules exist, so it stays there.
+node_guard_first() {
+  local chain
+  for chain in OUTPUT FORWARD; do
+    iptables -D "$chain" -j "$GUARD"
+    iptables -I "$chain" 1 -j "$GUARD"
+  done
 }
 
 # Everything of the real node, in reverse. Safe to run on a half-started node.
@@ -417,9 +435,8 @@ node_down() {
   done
   node_cleanup_cgroups
   node_cleanup_iptables
+  # The pods' veths went with their network namespaces.
   ip link del "$NODE_BRIDGE" 2>/dev/null || true
-  # veths whose peer was in a pod's network namespace vanish with it; any left
-  # attached to nothing are ours only if they were on our bridge (gone now).
   node_restore_host
 }
 
@@ -430,8 +447,8 @@ node_cleanup_cgroups() {
     # Deepest first: a cgroup directory can only be removed once empty.
     find "$h/kubepods" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done
-  # The kubelet's own cgroups (kubelet cgroups are not created with cgroupfs
-  # and no systemd, but a failed start can leave "kubepods" alone).
+  # A cgroup that still holds a process cannot go: say so (the lifecycle
+  # test compares the cgroup trees before and after).
   for d in /sys/fs/cgroup/*/kubepods; do [ -d "$d" ] && log "warning: $d could not be removed"; done
   return 0
 }
