@@ -196,6 +196,30 @@ $(tail -n 20 "$STATE/logs/$c.log")"
   done
 }
 
+# One PersistentVolume of the pool: local_pv name pool path node.
+local_pv() {
+  cat <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: $1
+  labels: {elastic-airflow.io/pool: $2}
+spec:
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: standard
+  volumeMode: Filesystem
+  local: {path: $3}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - {key: kubernetes.io/hostname, operator: In, values: [$4]}
+EOF
+}
+
 # Objects the cluster needs before the test workloads arrive.
 bootstrap_manifest() {
   cat <<'EOF'
@@ -293,27 +317,8 @@ EOF
   # No fake node, no fake volume (and no division by zero).
   [ "$NODES" -gt 0 ] || return 0
   for ((i = 0; i < PVS; i++)); do
-    node=kwok-node-$((i % NODES))
-    cat <<EOF
----
-apiVersion: v1
-kind: PersistentVolume
-metadata:
-  name: local-pv-$(printf %02d "$i")
-  labels: {elastic-airflow.io/pool: local}
-spec:
-  capacity: {storage: 10Gi}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: standard
-  volumeMode: Filesystem
-  local: {path: /var/lib/elastic-airflow-kwok/pv-$(printf %02d "$i")}
-  nodeAffinity:
-    required:
-      nodeSelectorTerms:
-      - matchExpressions:
-        - {key: kubernetes.io/hostname, operator: In, values: [$node]}
-EOF
+    local_pv "local-pv-$(printf %02d "$i")" local "/var/lib/elastic-airflow-kwok/pv-$(printf %02d "$i")" \
+      "kwok-node-$((i % NODES))"
   done
 }
 

@@ -323,26 +323,7 @@ node_pv_manifest() {
   for ((i = 0; i < NODE_PVS; i++)); do
     name=node-pv-$(printf %02d "$i")
     mkdir -p "$STATE/volumes/$name"
-    cat <<EOF
----
-apiVersion: v1
-kind: PersistentVolume
-metadata:
-  name: $name
-  labels: {elastic-airflow.io/pool: node}
-spec:
-  capacity: {storage: 10Gi}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: standard
-  volumeMode: Filesystem
-  local: {path: $STATE/volumes/$name}
-  nodeAffinity:
-    required:
-      nodeSelectorTerms:
-      - matchExpressions:
-        - {key: kubernetes.io/hostname, operator: In, values: [$NODE_NAME]}
-EOF
+    local_pv "$name" node "$STATE/volumes/$name" "$NODE_NAME"
   done
 }
 
