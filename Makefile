@@ -121,8 +121,7 @@ bench-converge: venv collection-link cluster-up ## time site.yml against kubectl
 
 # Starts Redis and RabbitMQ through tests/services/services.sh if they are not
 # running (and stops again what it started); real Celery worker processes.
-test-drain: venv ## drain: unit tests, then real Redis/RabbitMQ/Celery workers and the module through ansible
-	pytest -q -p no:cacheprovider tests/unit/test_drain_state_machine.py tests/unit/test_celery_control.py
+test-drain: venv ## drain: real Redis/RabbitMQ/Celery workers and the module through ansible (its unit tests are in test-unit)
 	pytest -v -p no:cacheprovider --deselect tests/integration/drain/test_drain_playbook.py tests/integration/drain
 
 test-drain-playbook: venv ## playbooks/drain.yml on a private local control plane (KWOK StatefulSet pods + real Celery workers on Redis)
@@ -163,12 +162,11 @@ $(STATSD_EXPORTER_BIN):
 monitoring-tools: $(PROMTOOL_BIN) $(STATSD_EXPORTER_BIN) ## build promtool and statsd_exporter (cached)
 
 test-monitoring: venv monitoring-tools ## dashboards vs scraped metrics, promtool check config/rules, statsd mapping in statsd_exporter
-	PROMTOOL=$(PROMTOOL_BIN) STATSD_EXPORTER=$(STATSD_EXPORTER_BIN) pytest -v -p no:cacheprovider tests/unit/test_dashboards.py
+	PROMTOOL=$(PROMTOOL_BIN) STATSD_EXPORTER=$(STATSD_EXPORTER_BIN) pytest -v -p no:cacheprovider tests/monitoring
 
 # ---- elastic_worker (ElasticWorker controller) --------------------------------
 .PHONY: test-elastic bench-controller
-test-elastic: venv ## ElasticWorker controller: unit tests, then cluster + real Celery/Redis tests (needs `make cluster-up`)
-	pytest -v -p no:cacheprovider tests/unit/test_elastic_reconcile.py tests/unit/test_elastic_kube.py tests/unit/test_celery_control.py
+test-elastic: venv ## ElasticWorker controller on the cluster with real Celery/Redis (its unit tests are in test-unit)
 	$(CLUSTER) status >/dev/null || $(CLUSTER) up
 	tests/services/services.sh start redis
 	pytest -v -p no:cacheprovider tests/integration/elastic
