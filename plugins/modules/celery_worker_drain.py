@@ -255,21 +255,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
 
 try:
-    from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.celery_control import (
-        CeleryControl,
-        CeleryControlError,
-    )
-    from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.drain import (
-        Drain,
-        DrainError,
-        WorkerGone,
-        FileStore,
-        MemoryStore,
-        run_all,
-    )
-    from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.k8s_store import (
-        PodAnnotationStore,
-    )
+    from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic import drain_job
     from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.kube import load_client
 
     IMPORT_ERROR = None
@@ -277,129 +263,18 @@ except ImportError:  # pragma: no cover
     IMPORT_ERROR = traceback.format_exc()
 
 
-def _kube_api(module):
+def core_v1_api(module):
     """A CoreV1Api through the collection's one kube-config loader (``kube.load_client``)."""
     try:
         from kubernetes import client
     except ImportError:
         module.fail_json(msg=missing_required_lib("kubernetes"), exception=traceback.format_exc())
-    kubeconfig = module.params["kubeconfig"]
-    context = module.params["context"]
+    kubeconfig, context = module.params["kubeconfig"], module.params["context"]
     try:
         return client.CoreV1Api(load_client(kubeconfig, context))
     except Exception as exc:
         module.fail_json(msg="cannot load the Kubernetes configuration (kubeconfig=%s, context=%s): %s"
                          % (kubeconfig, context, exc))
-
-
-def _resolve_pods(module, api):
-    """[(pod name, uid or None if gone)] from workers + label_selectors, in order, without duplicates."""
-    ns = module.params["namespace"]
-    out = {}
-    for name in module.params["workers"]:
-        try:
-            pod = api.read_namespaced_pod(name, ns)
-            gone = bool(pod.metadata.deletion_timestamp)
-            out.setdefault(name, None if gone else pod.metadata.uid)
-        except Exception as exc:
-            if getattr(exc, "status", None) == 404:
-                out.setdefault(name, None)
-            else:
-                module.fail_json(msg="cannot read pod %s/%s: %s" % (ns, name, exc))
-    for selector in module.params["label_selectors"]:
-        try:
-            pods = api.list_namespaced_pod(ns, label_selector=selector).items
-        except Exception as exc:
-            module.fail_json(msg="cannot list pods in %s with label_selectors %r: %s" % (ns, selector, exc))
-        for pod in sorted(pods, key=lambda p: p.metadata.name):
-            if not pod.metadata.deletion_timestamp:
-                out.setdefault(pod.metadata.name, pod.metadata.uid)
-    return list(out.items())
-
-
-def _validate(module):
-    p = module.params
-    for name in ("timeout", "poll_interval", "control_timeout"):
-        if p[name] is None or p[name] <= 0:
-            module.fail_json(msg="%s must be a number of seconds > 0, got %r" % (name, p[name]))
-    if not (p["workers"] or p["label_selectors"] or p["celery_hostnames"]):
-        module.fail_json(msg="nothing to drain: give workers (pod names), label_selectors or celery_hostnames")
-    if (p["workers"] or p["label_selectors"]) and not p["namespace"]:
-        module.fail_json(msg="namespace is required with workers or label_selectors")
-    if "{pod}" not in p["hostname_template"]:
-        module.fail_json(msg="hostname_template must contain {pod}, got %r" % p["hostname_template"])
-    for name in ("workers", "label_selectors", "celery_hostnames"):
-        if any(not (v or "").strip() for v in p[name]):
-            module.fail_json(msg="%s must not contain empty names" % name)
-
-
-def _entry(status, pod, state=None):
-    d = status.to_dict()
-    return {
-        "worker": status.worker,
-        "pod": pod,
-        "hostname": status.hostname,
-        "state": state or status.phase,
-        "reason": d["reason"],
-        "msg": d["error"],
-        "queues": d["queues"],
-        "tasks_finished": d["tasks_finished"],
-        "task_ids": d["tasks"],
-        "seconds": d["seconds"],
-        "resumed": d["resumed"],
-        "load": d["load"],
-    }
-
-
-def _check_mode(module, control, store, targets):
-    results = []
-    changed = False
-    for worker, hostname, pod, exists in targets:
-        entry = {"worker": worker, "pod": pod, "hostname": hostname, "reason": None, "msg": None, "queues": [],
-                 "tasks_finished": 0, "task_ids": [], "seconds": None, "resumed": False, "load": None}
-        record = None
-        try:
-            record = store.get(worker) if exists else None
-        except WorkerGone:
-            exists = False
-        except DrainError as exc:
-            entry.update(state="failed", msg=str(exc))
-            results.append(entry)
-            continue
-        if not exists:
-            entry["state"] = "gone"
-            results.append(entry)
-            continue
-        if module.params["state"] == "restored":
-            entry["state"] = "would_restore" if record else "idle"
-            entry["queues"] = [q["name"] for q in (record or {}).get("queues", [])]
-            changed = changed or bool(record)
-            results.append(entry)
-            continue
-        try:
-            if not control.ping([hostname]).get(hostname):
-                entry["state"] = "failed"
-                entry["msg"] = "unknown worker: celery hostname %r did not answer ping" % hostname
-                results.append(entry)
-                continue
-            load = control.workload([hostname]).get(hostname)
-            entry["load"] = load.counts() if load else None
-            entry["queues"] = [q.name for q in control.queues(hostname)]
-        except CeleryControlError as exc:
-            entry["state"] = "failed"
-            entry["msg"] = str(exc)
-            results.append(entry)
-            continue
-        if record and record.get("phase") == "drained":
-            entry["state"] = "drained"
-            entry["queues"] = [q["name"] for q in record.get("queues", [])]
-            changed = changed or module.params["delete_pod"]
-        else:
-            entry["state"] = "would_drain"
-            entry["resumed"] = bool(record)
-            changed = True
-        results.append(entry)
-    return changed, results
 
 
 def main():
@@ -424,116 +299,13 @@ def main():
     )
     if IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("celery"), exception=IMPORT_ERROR)
-    if not module.params["broker_url"]:
-        module.fail_json(msg="broker_url is required (or the environment variable ELASTIC_AIRFLOW_BROKER_URL)")
-    _validate(module)
-    p = module.params
-
-    api = None
-    pods = []
-    if p["workers"] or p["label_selectors"]:
-        api = _kube_api(module)
-        pods = _resolve_pods(module, api)
-    if p["state_file"]:
-        store = FileStore(p["state_file"])
-    elif api is not None:
-        # keyed to the uids read now: a pod replaced by another of that name is gone
-        store = PodAnnotationStore(api, p["namespace"], uids=dict((n, u) for n, u in pods if u))
-    else:
-        store = MemoryStore()
-
-    # (store key, celery hostname, pod or None, exists)
-    targets = []
-    for name, uid in pods:
-        targets.append((name, p["hostname_template"].replace("{pod}", name), name, uid is not None))
-    for hostname in p["celery_hostnames"]:
-        if hostname not in [t[0] for t in targets]:
-            targets.append((hostname, hostname, None, True))
-
     try:
-        control = CeleryControl(p["broker_url"], timeout=p["control_timeout"])
-        if any(t[3] for t in targets):
-            control.connect()  # fail early, before anything changes
-    except (CeleryControlError, ValueError) as exc:
-        module.fail_json(msg="broker_url: %s" % exc, workers=[], drained=[])
-
-    try:
-        if module.check_mode:
-            changed, results = _check_mode(module, control, store, targets)
-            module.exit_json(changed=changed, workers=results,
-                             drained=[r["worker"] for r in results if r["state"] == "drained"])
-
-        drains = {}
-        results = {}
-        for worker, hostname, pod, exists in targets:
-            if not exists:
-                # gone: drop a stale record of a file store, nothing else to do
-                if p["state_file"]:
-                    store.delete(worker)
-                results[worker] = {"worker": worker, "pod": pod, "hostname": hostname, "state": "gone",
-                                   "reason": "pod does not exist", "msg": None, "queues": [], "tasks_finished": 0,
-                                   "task_ids": [], "seconds": None, "resumed": False, "load": None}
-                continue
-            drains[worker] = Drain(control, store, worker, hostname=hostname, timeout=p["timeout"],
-                                   poll_interval=p["poll_interval"])
-        changed = False
-        if p["state"] == "restored":
-            for worker, d in drains.items():
-                try:
-                    st = d.abort("aborted")
-                except CeleryControlError as exc:
-                    st = d.status
-                    st.phase, st.error = "failed", "could not restore consumers: %s (record kept)" % exc
-                changed = changed or st.reason != "nothing to roll back"
-        else:
-            already = {}
-            for w in drains:
-                try:
-                    already[w] = (store.get(w) or {}).get("phase") == "drained"
-                except Exception:  # gone or unreadable: the drain itself reports it
-                    already[w] = False
-            run_all(list(drains.values()))
-            uids = dict(pods)
-            for worker, d in drains.items():
-                st = d.status
-                pod = next((t[2] for t in targets if t[0] == worker), None)
-                if st.phase == "drained" and p["delete_pod"] and pod:
-                    try:
-                        from kubernetes import client
-                        api.delete_namespaced_pod(pod, p["namespace"], body=client.V1DeleteOptions(
-                            preconditions=client.V1Preconditions(uid=uids[pod])))
-                        results[worker] = _entry(st, pod, "deleted")
-                    except Exception as exc:
-                        if getattr(exc, "status", None) in (404, 409):
-                            results[worker] = _entry(st, pod, "gone")
-                        else:
-                            st.phase, st.error = "failed", "drained, but deleting pod %s failed: %s" % (pod, exc)
-                if results.get(worker, {}).get("state") == "deleted":
-                    changed = True
-                elif st.phase not in ("gone", "failed") and not (st.phase == "drained" and already[worker]):
-                    changed = True
-        for worker, d in drains.items():
-            if worker not in results:
-                pod = next((t[2] for t in targets if t[0] == worker), None)
-                results[worker] = _entry(d.status, pod)
-        ordered = [results[t[0]] for t in targets]
-    except DrainError as exc:
-        module.fail_json(msg="%s; fix or remove the drain record, then run again" % exc)
-    finally:
-        control.close()
-
-    drained = [r["worker"] for r in ordered if r["state"] in ("drained", "deleted")]
-    failed = [r for r in ordered if r["state"] == "failed"]
-    timed_out = [r for r in ordered if r["state"] == "restored" and r["reason"] == "timeout"]
-    if failed or timed_out:
-        parts = []
-        if timed_out:
-            parts.append("%d worker(s) not idle within timeout=%ss, kept and consuming again: %s"
-                         % (len(timed_out), p["timeout"], ", ".join(r["worker"] for r in timed_out)))
-        for r in failed:
-            parts.append("%s: %s" % (r["worker"], r["msg"]))
-        module.fail_json(msg="; ".join(parts), changed=changed, workers=ordered, drained=drained)
-    module.exit_json(changed=changed, workers=ordered, drained=drained)
+        drain_job.validate(module.params)  # before the Kubernetes configuration is even read
+        core_v1 = core_v1_api(module) if drain_job.uses_pods(module.params) else None
+        result = drain_job.run(module.params, module.check_mode, core_v1)
+    except drain_job.DrainJobFailed as exc:
+        module.fail_json(msg=exc.msg, **exc.result)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":
