@@ -72,9 +72,10 @@ test: deps venv collection-link ## run every test (what CI runs)
 	done; \
 	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi; echo "all test targets passed"
 
-test-static: venv collection-link ## yamllint, ansible-lint (production profile), syntax checks
+test-static: venv collection-link ## yamllint, ansible-lint (production profile), ruff, syntax checks
 	yamllint --strict .
 	ansible-lint --profile production
+	ruff check .
 	@for p in playbooks/*.yml; do ansible-playbook -i $(INVENTORY) --syntax-check $$p >/dev/null || exit 1; done; echo "syntax-check ok"
 	@# Every module, filter and test is documented (filters and tests in their .yml sidecars).
 	@for m in plugins/modules/*.py; do ansible-doc elastic_airflow.cluster.$$(basename $$m .py) >/dev/null || exit 1; done; \
