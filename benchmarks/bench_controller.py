@@ -20,12 +20,12 @@ import sys
 import time
 import uuid
 
+from kubernetes import client
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "plugins", "module_utils"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration", "elastic"))
-
-from kubernetes import client  # noqa: E402
 
 from elastic import controller as C  # noqa: E402
 from elastic import kube as K  # noqa: E402

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import pathlib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,7 +43,8 @@ NOOP_RUNS = int(os.environ.get("BENCH_NOOP_RUNS", "3"))
 
 
 def kubectl_bin() -> str:
-    out = subprocess.run([str(REPO / "tests" / "cluster" / "build.sh")], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([str(REPO / "tests" / "cluster" / "build.sh")],
+                         capture_output=True, text=True, check=True).stdout
     return str(pathlib.Path(out.strip()) / "kubectl")
 
 

@@ -86,7 +86,8 @@ def bench(name, rounds, poll_interval, tmp):
             assert st.phase == "drained", st
             Drain(ctl, store, host).abort()
             assert ctl.queues(host), "consumers not restored"
-        print("%-8s idle drain: min %.2f s  median %.2f s  max %.2f s  (%d rounds, poll_interval %.1f s, settle_polls 2)"
+        print("%-8s idle drain: min %.2f s  median %.2f s  max %.2f s  "
+              "(%d rounds, poll_interval %.1f s, settle_polls 2)"
               % (name, min(drains), statistics.median(drains), max(drains), rounds, poll_interval))
         print("%-8s control calls (median of 10): %s" % (name, ", ".join(
             "%s %.1f ms" % (k, 1000 * statistics.median(v)) for k, v in calls.items())))

@@ -32,13 +32,11 @@ import os
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import tempfile
 import textwrap
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -85,7 +83,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
             last = predicate()
             if last:
                 return last
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+        except Exception as exc:  # retried until the deadline
             last = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}: {last!r}")
@@ -402,12 +400,14 @@ def test_mariadb(containerd, run, tmp_path):
            "--batch", "--skip-column-names", "airflow", "-e"]
     out = c.exec(*sql, "select @@max_connections, current_user(), @@character_set_server, @@collation_server")
     assert out.stdout.split() == ["77", "airflow@%", "utf8mb4", "utf8mb4_unicode_ci"]
-    assert c.exec(*sql, "create table t (i int); insert into t values (1); select count(*) from t").stdout.strip() == "1"
+    created = c.exec(*sql, "create table t (i int); insert into t values (1); select count(*) from t")
+    assert created.stdout.strip() == "1"
     # The random root password was printed once, and is root's.
     line = [x for x in c.logs().splitlines() if x.startswith("GENERATED ROOT PASSWORD: ")]
     assert len(line) == 1
     root_pw = line[0].split(": ", 1)[1]
-    assert c.exec("mariadb", "--host=127.0.0.1", "--user=root", f"--password={root_pw}", "-e", "select 1").returncode == 0
+    assert c.exec("mariadb", "--host=127.0.0.1", "--user=root", f"--password={root_pw}",
+                  "-e", "select 1").returncode == 0
     assert (data / "data" / "mysql").is_dir()
     ps = subprocess.run(["ps", "-o", "uid=,gid=,comm=", "-p", str(c.pid)], capture_output=True, text=True)
     assert ps.stdout.split() == ["999", "999", "mariadbd"]
@@ -509,8 +509,9 @@ def test_airflow_waits_for_the_database(containerd, run):
 def test_airflow_db_migrate_on_postgresql(containerd, run, postgresql):
     pw = POSTGRES_ENV["POSTGRES_PASSWORD"]
     from urllib.parse import quote
+    conn = f"postgresql+psycopg2://airflow:{quote(pw, safe='')}@127.0.0.1:5432/airflow"
     env = {**AIRFLOW_ENV,
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://airflow:{quote(pw, safe='')}@127.0.0.1:5432/airflow",
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": conn,
            "CONNECTION_CHECK_MAX_COUNT": "10", "CONNECTION_CHECK_SLEEP_TIME": "1"}
     # migrate-job.yaml.j2: args ["airflow", "db", "migrate"]; then the
     # probe form of the other pods: `exec /entrypoint airflow ...`.
@@ -533,7 +534,8 @@ def test_prometheus(containerd, run, tmp_path):
     conf = tmp_path / "prometheus"
     conf.mkdir()
     (conf / "prometheus.yml").write_text("global:\n  scrape_interval: 5s\nscrape_configs:\n"
-                                         "  - job_name: self\n    static_configs:\n      - targets: ['127.0.0.1:9090']\n")
+                                         "  - job_name: self\n    static_configs:\n"
+                                         "      - targets: ['127.0.0.1:9090']\n")
     data = volume(tmp_path, "tsdb", 0, 65534)
     # prometheus.yaml.j2's args.
     args = ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus",

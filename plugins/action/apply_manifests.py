@@ -25,6 +25,12 @@ from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.manifests import (
+    ManifestError,
+    ManifestRun,
+    api_error,
+)
+
 try:
     import yaml
 except ImportError:  # pragma: no cover - ansible-core requires PyYAML
@@ -50,12 +56,6 @@ try:
 except ImportError as exc:  # reported when the task runs
     K8S_IMPORT_ERROR = exc
     AUTH_ARG_SPEC = {}
-
-from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.manifests import (
-    ManifestError,
-    ManifestRun,
-    api_error,
-)
 
 ARGUMENT_SPEC = dict(
     templates=dict(type="list", elements="str", default=[]),
@@ -191,7 +191,7 @@ class ActionModule(ActionBase):
             try:
                 docs.extend(doc for doc in yaml.load_all(text, Loader=YAML_LOADER) if doc)
             except yaml.YAMLError as exc:
-                raise AnsibleError("%s does not render to valid YAML: %s" % (path, exc))
+                raise AnsibleError("%s does not render to valid YAML: %s" % (path, exc)) from exc
         return docs
 
     def _save(self, render_dir):
@@ -201,7 +201,8 @@ class ActionModule(ActionBase):
         for index, (name, text) in enumerate(getattr(self, "_rendered", [])):
             # .../roles/<role>/templates/<name>.j2 -> <stamp>-<index>-<role>-<name>
             role = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(name))))
-            path = os.path.join(render_dir, "%s-%02d-%s-%s" % (stamp, index, role, os.path.basename(name).replace(".j2", "")))
+            base = os.path.basename(name).replace(".j2", "")
+            path = os.path.join(render_dir, "%s-%02d-%s-%s" % (stamp, index, role, base))
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as out:
                 out.write(text)

@@ -9,7 +9,11 @@ __metaclass__ = type
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.validation import redact_url, resource_errors, storage_class_errors
+from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.validation import (
+    redact_url,
+    resource_errors,
+    storage_class_errors,
+)
 
 
 def _resource_errors(resources_by_name):

@@ -57,7 +57,11 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic_worker_module import (
-    C, argument_spec, read_elastic_worker, require_libraries)
+    C,
+    argument_spec,
+    read_elastic_worker,
+    require_libraries,
+)
 
 
 def one_pass(module, dry_run):
@@ -78,7 +82,8 @@ def one_pass(module, dry_run):
     if report.get("failures"):  # the controller backs these off; a one-shot pass reports them
         raise RuntimeError("; ".join("%s: %s" % item for item in sorted(report["failures"].items())))
     result.update(plan=report["plan"], actions=report["actions"], drains=report["drains"])
-    scaled = bool(result.get("autoscaler")) and result["autoscaler"].get("desired") != result["autoscaler"].get("current")
+    autoscaler = result.get("autoscaler")
+    scaled = bool(autoscaler) and autoscaler.get("desired") != autoscaler.get("current")
     result["changed"] = bool(report["changed"] or scaled)
     return result
 

@@ -53,10 +53,15 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic_worker_module import (
-    C, R, argument_spec, read_elastic_worker, require_libraries)
 from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.drain import DrainError
 from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.k8s_store import pod_record
+from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic_worker_module import (
+    C,
+    R,
+    argument_spec,
+    read_elastic_worker,
+    require_libraries,
+)
 
 
 def main():

@@ -47,4 +47,5 @@ def image_ref(name: str) -> str:
 
 def kubectl_cmd(*args: str) -> list[str]:
     """A kubectl command line (the cluster's own build) against the cluster under test."""
-    return [(state_dir() / "bin").read_text().strip() + "/kubectl", "--kubeconfig", str(state_dir() / "kubeconfig"), *args]
+    kubectl = (state_dir() / "bin").read_text().strip() + "/kubectl"
+    return [kubectl, "--kubeconfig", str(state_dir() / "kubeconfig"), *args]

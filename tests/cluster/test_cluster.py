@@ -161,7 +161,8 @@ def test_statefulset_with_volume_claims_becomes_ready_in_order(api, namespace):
     # Each pod landed on the node of the local volume bound to its claim.
     for i in range(2):
         pod = core.read_namespaced_pod(f"db-{i}", namespace)
-        pv = core.read_persistent_volume(core.read_namespaced_persistent_volume_claim(f"data-db-{i}", namespace).spec.volume_name)
+        claim = core.read_namespaced_persistent_volume_claim(f"data-db-{i}", namespace)
+        pv = core.read_persistent_volume(claim.spec.volume_name)
         hosts = pv.spec.node_affinity.required.node_selector_terms[0].match_expressions[0].values
         assert pod.spec.node_name in hosts
 
@@ -222,7 +223,8 @@ def test_crd_established_then_custom_resource_created(api, namespace):
         }
     )
     try:
-        wait_until(lambda: condition(ext.read_custom_resource_definition(name), "Established") == "True", 30, "Established")
+        wait_until(lambda: condition(ext.read_custom_resource_definition(name), "Established") == "True",
+                   30, "Established")
         co = client.CustomObjectsApi(api)
         body = {"apiVersion": f"{group}/v1", "kind": kind, "metadata": {"name": "w1"}, "spec": {"size": 3}}
         created = co.create_namespaced_custom_object(group, "v1", namespace, plural, body)
@@ -258,8 +260,8 @@ def test_hpa_v2_is_accepted_and_reconciled(api, namespace):
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
                 "minReplicas": 1,
                 "maxReplicas": 5,
-                "metrics": [{"type": "Resource", "resource": {"name": "cpu",
-                                                              "target": {"type": "Utilization", "averageUtilization": 80}}}],
+                "metrics": [{"type": "Resource", "resource": {
+                    "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}],
             },
         },
     )

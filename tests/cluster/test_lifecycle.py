@@ -99,15 +99,17 @@ def host_snapshot() -> dict[str, object]:
                for k in ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables", "vm.overcommit_memory",
                          "kernel.panic", "kernel.panic_on_oops")}
     cache = str(cache_dir())
-    mounts = sorted(m for m in (line.split()[4] for line in pathlib.Path("/proc/self/mountinfo").read_text().splitlines())
+    mountinfo = pathlib.Path("/proc/self/mountinfo").read_text().splitlines()
+    mounts = sorted(m for m in (line.split()[4] for line in mountinfo)
                     if not m.startswith(cache))  # images/build.sh may be at work there
-    files = sorted(str(p) for top in ("/var/lib", "/var/log", "/run", "/etc", "/opt") for p in pathlib.Path(top).glob("*")
-                   if not str(p).startswith(cache))
+    files = sorted(str(p) for top in ("/var/lib", "/var/log", "/run", "/etc", "/opt")
+                   for p in pathlib.Path(top).glob("*") if not str(p).startswith(cache))
     return {
         "sysctls": sysctls,
         "mounts": mounts,
         # Packet counters change all the time; the rules and chains must not.
-        "iptables": {(cmd, table): sorted(line for line in out(cmd, "-t", table).splitlines() if not line.startswith("#"))
+        "iptables": {(cmd, table): sorted(line for line in out(cmd, "-t", table).splitlines()
+                                          if not line.startswith("#"))
                      for cmd in ("iptables-save", "ip6tables-save") for table in ("filter", "nat", "mangle")},
         "links": sorted(line.split(":")[1].strip().split("@")[0] for line in out("ip", "-o", "link").splitlines()),
         "cgroups": sorted(str(p) for p in pathlib.Path("/sys/fs/cgroup").glob("*/*") if p.is_dir()),

@@ -168,7 +168,8 @@ for what, path in (("configmap", "configmaps/cfg"), ("secret", "secrets/x")):
         out[what] = e.code
 print(json.dumps(out))
 """
-    core.create_namespaced_pod(namespace, pod("caller", container("main", ["python3", "-c", script], image=image_ref("airflow")),
+    caller = container("main", ["python3", "-c", script], image=image_ref("airflow"))
+    core.create_namespaced_pod(namespace, pod("caller", caller,
                                               serviceAccountName="reader", restartPolicy="Never",
                                               securityContext={**RESTRICTED, "runAsUser": 50000, "runAsGroup": 0,
                                                                "fsGroup": 0}))
@@ -232,8 +233,8 @@ def test_prestop_runs_and_the_grace_period_is_honoured(api, namespace):
     main = container("main", ["sh", "-c", "trap 'echo term $(date +%s.%N) >>/data/trace; sleep 2; "
                                           "echo exit $(date +%s.%N) >>/data/trace; exit 0' TERM; "
                                           "while true; do sleep 0.2; done"],
-                     lifecycle={"preStop": {"exec": {"command": ["sh", "-c",
-                                                                 "echo prestop $(date +%s.%N) >>/data/trace; sleep 1"]}}},
+                     lifecycle={"preStop": {"exec": {"command": [
+                         "sh", "-c", "echo prestop $(date +%s.%N) >>/data/trace; sleep 1"]}}},
                      readinessProbe={"exec": {"command": ["true"]}, "periodSeconds": 1})
     core.create_namespaced_pod(namespace, _with_claim("graceful", "trace", main, terminationGracePeriodSeconds=20))
     wait_ready(core, "graceful", namespace)
@@ -273,7 +274,8 @@ def test_local_images_are_used_without_a_registry(api, namespace):
     status = p.status.container_statuses[0]
     assert status.image == SHELL_IMAGE and "sha256:" in status.image_id, status
     # And an image that was never imported is not pulled from anywhere.
-    core.create_namespaced_pod(namespace, pod("missing", container("main", ["true"], image="localhost/elastic-airflow/nothing:0")))
+    missing = container("main", ["true"], image="localhost/elastic-airflow/nothing:0")
+    core.create_namespaced_pod(namespace, pod("missing", missing))
 
     def never_pulled():
         statuses = core.read_namespaced_pod("missing", namespace).status.container_statuses or []
@@ -285,7 +287,8 @@ def test_local_images_are_used_without_a_registry(api, namespace):
 def test_the_guard_keeps_the_cluster_ranges_on_the_bridge():
     """Checked by reading the rules, never by sending to an outside address."""
     for chain in ("OUTPUT", "FORWARD"):
-        rules = subprocess.run(["iptables", "-S", chain], capture_output=True, text=True, check=True).stdout.splitlines()
+        rules = subprocess.run(["iptables", "-S", chain],
+                               capture_output=True, text=True, check=True).stdout.splitlines()
         # First: before kube-proxy's KUBE-FORWARD, which accepts established and marked packets.
         assert rules[1] == f"-A {chain} -j EA-GUARD", rules
     guard = subprocess.run(["iptables", "-S", "EA-GUARD"], capture_output=True, text=True, check=True).stdout

@@ -1,4 +1,5 @@
 """Unit tests of the ElasticWorker controller's Reconciler bookkeeping (plugins/module_utils/elastic/controller.py)."""
+import json
 import os
 import sys
 
@@ -6,6 +7,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 sys.path.insert(0, os.path.join(_ROOT, "plugins", "module_utils"))
 
 from elastic import controller as C  # noqa: E402
+from elastic import reconcile as R  # noqa: E402
+from elastic.celery_control import WorkerLoad  # noqa: E402
+from elastic.k8s_store import ANNOTATION as DRAIN_ANNOTATION  # noqa: E402
 
 
 def pod(name):
@@ -63,7 +67,7 @@ def test_cached_pod_store_writes_through_to_the_cache():
     cache = C.MemoryCache([pod("w-a"), pod("w-b")])
     store = C.CachedPodStore(FakeKube([pod("w-a"), pod("w-b")], missing=["w-b"]), cache, "ns")
     store.put("w-a", {"phase": "draining", "b": 1})
-    assert cache.get("ns", "w-a")["metadata"]["annotations"] == {C.DRAIN_ANNOTATION: '{"b":1,"phase":"draining"}'}
+    assert cache.get("ns", "w-a")["metadata"]["annotations"] == {DRAIN_ANNOTATION: '{"b":1,"phase":"draining"}'}
     assert store.get("w-a") == {"phase": "draining", "b": 1} and C.drain_phase(cache.get("ns", "w-a")) == "draining"
     store.delete("w-a")
     assert store.get("w-a") is None and cache.get("ns", "w-a")["metadata"]["annotations"] == {}
@@ -79,11 +83,6 @@ def test_cached_pod_store_writes_through_to_the_cache():
 
 
 # --- drain records: optimistic concurrency, keyed to the pod uid; one bad pod beside healthy ones -----------
-
-import json  # noqa: E402
-
-from elastic import reconcile as R  # noqa: E402
-from elastic.celery_control import WorkerLoad  # noqa: E402
 
 
 class ApiKube:
@@ -178,7 +177,7 @@ def owned(name, rv="1", uid=None, record=None):
             "labels": {R.OWNER_LABEL: "w"}, "ownerReferences": [{"uid": "ew-1", "controller": True}],
             "annotations": {R.TEMPLATE_HASH_ANNOTATION: R.template_hash(ew(1)["spec"]["template"])}}
     if record is not None:
-        meta["annotations"][C.DRAIN_ANNOTATION] = record if isinstance(record, str) else json.dumps(record)
+        meta["annotations"][DRAIN_ANNOTATION] = record if isinstance(record, str) else json.dumps(record)
     return {"metadata": meta, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
 
 
@@ -202,7 +201,7 @@ def test_a_409_on_a_drain_record_reads_the_pod_again_and_steps_again():
     assert kube.patches[0] == ("w-a", "1")  # sent the cached resourceVersion: refused with 409
     assert kube.patches[1][1] == "101"  # read the pod again and stepped again with its version
     assert status.phase == "drained" and not status.error
-    record = json.loads(kube.pods["w-a"]["metadata"]["annotations"][C.DRAIN_ANNOTATION])
+    record = json.loads(kube.pods["w-a"]["metadata"]["annotations"][DRAIN_ANNOTATION])
     assert record["phase"] == "drained" and record["uid"] == "u-w-a"
     assert cache.get("ns", "w-a")["metadata"]["resourceVersion"] == kube.pods["w-a"]["metadata"]["resourceVersion"]
 
@@ -254,4 +253,4 @@ def test_a_5xx_on_one_pods_record_patch_does_not_stop_the_others():
     report = rec.reconcile_elastic_worker(ew(0))
     report = rec.reconcile_elastic_worker(ew(0))  # settle: idle on two polls
     assert report["drains"]["w-b"] == "drained" and "drain of w-a" in report["failures"]
-    assert json.loads(kube.pods["w-b"]["metadata"]["annotations"][C.DRAIN_ANNOTATION])["phase"] == "drained"
+    assert json.loads(kube.pods["w-b"]["metadata"]["annotations"][DRAIN_ANNOTATION])["phase"] == "drained"

@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from kubernetes import client as k8s_client
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(_ROOT, "plugins", "module_utils"))
@@ -16,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from elastic import kube as K  # noqa: E402
 from fake_apiserver import FakeApiServer  # noqa: E402
-from kubernetes import client as k8s_client  # noqa: E402
+
+DRAIN = "elastic-airflow.io/drain"
 
 
 def pod(name, rv, annotations=None, uid=None):
@@ -91,14 +93,15 @@ def test_a_stale_event_after_a_write_through_is_dropped():
         informer = pods_informer(srv).start()
         srv.watch_started.get(timeout=5)
         # our patch answered x10 (with the drain record); the watch still has to deliver x9, then x10
-        assert informer.update(pod("a", "x10", {"elastic-airflow.io/drain": '{"phase":"draining"}'}))
+        assert informer.update(pod("a", "x10", {DRAIN: '{"phase":"draining"}'}))
         srv.send("pods", {"type": "MODIFIED", "object": pod("a", "x9")})  # older than what we wrote
         srv.send("pods", {"type": "ADDED", "object": pod("z", "x9")})
         wait_for(lambda: informer.get("ns", "z") is not None, what="the events")
         assert informer.get("ns", "a")["metadata"]["resourceVersion"] == "x10"
         assert informer.get("ns", "a")["metadata"]["annotations"]
-        srv.send("pods", {"type": "MODIFIED", "object": pod("a", "x10", {"elastic-airflow.io/drain": '{"phase":"draining"}'})})
-        srv.send("pods", {"type": "MODIFIED", "object": pod("a", "x11", {"elastic-airflow.io/drain": '{"phase":"drained"}'})})
+        draining, drained = {DRAIN: '{"phase":"draining"}'}, {DRAIN: '{"phase":"drained"}'}
+        srv.send("pods", {"type": "MODIFIED", "object": pod("a", "x10", draining)})
+        srv.send("pods", {"type": "MODIFIED", "object": pod("a", "x11", drained)})
         wait_for(lambda: informer.get("ns", "a")["metadata"]["resourceVersion"] == "x11", what="x11")
         # a late write-through of a version the watch already delivered does not go back
         assert not informer.update(pod("a", "x10"))

@@ -9,6 +9,7 @@ sys.path.insert(0, os.path.join(_ROOT, "plugins", "module_utils"))
 from elastic import controller as C  # noqa: E402
 from elastic import kube as K  # noqa: E402
 from elastic import reconcile as R  # noqa: E402
+from elastic.k8s_store import ANNOTATION as DRAIN_ANNOTATION  # noqa: E402
 
 
 def full_pod(name, rv="10"):
@@ -17,12 +18,13 @@ def full_pod(name, rv="10"):
         "metadata": {"name": name, "namespace": "ns", "uid": "u-" + name, "resourceVersion": rv,
                      "creationTimestamp": "2024-01-01T00:00:00Z", "labels": {"app": "w", R.OWNER_LABEL: "w"},
                      "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "x" * 5000,
-                                     C.DRAIN_ANNOTATION: '{"phase":"draining"}',
+                                     DRAIN_ANNOTATION: '{"phase":"draining"}',
                                      R.TEMPLATE_HASH_ANNOTATION: "abc"},
                      "ownerReferences": [{"apiVersion": R.API_VERSION, "kind": "ElasticWorker", "name": "w",
                                           "uid": "ew-1", "controller": True, "blockOwnerDeletion": True}],
                      "managedFields": [{"manager": "x", "fieldsV1": {"f:spec": {}}}]},
-        "spec": {"containers": [{"name": "worker", "image": "apache/airflow", "env": [{"name": "A", "value": "b"}] * 50}]},
+        "spec": {"containers": [{"name": "worker", "image": "apache/airflow",
+                                 "env": [{"name": "A", "value": "b"}] * 50}]},
         "status": {"phase": "Running", "podIP": "10.0.0.1",
                    "conditions": [{"type": "Initialized", "status": "True"}, {"type": "Ready", "status": "True"}],
                    "containerStatuses": [{"name": "worker", "ready": True}]},
@@ -33,7 +35,7 @@ def test_slim_pod_keeps_what_the_reconcile_reads():
     pod = full_pod("w-a")
     slim = K.slim_pod(pod)
     assert set(slim) == {"metadata", "status"}
-    assert slim["metadata"]["annotations"] == {C.DRAIN_ANNOTATION: '{"phase":"draining"}',
+    assert slim["metadata"]["annotations"] == {DRAIN_ANNOTATION: '{"phase":"draining"}',
                                                R.TEMPLATE_HASH_ANNOTATION: "abc"}
     assert slim["status"] == {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
     assert "managedFields" not in slim["metadata"]
@@ -64,8 +66,8 @@ def test_informer_lists_in_pages_and_slims():
         start = int(kw.get("_continue") or 0)
         page = pods[start:start + kw["limit"]]
         more = start + kw["limit"] < len(pods)
-        return FakeResponse({"metadata": {"resourceVersion": "99", "continue": str(start + kw["limit"]) if more else ""},
-                             "items": page})
+        next_page = str(start + kw["limit"]) if more else ""
+        return FakeResponse({"metadata": {"resourceVersion": "99", "continue": next_page}, "items": page})
 
     informer = K.Informer("pods", list_call, slim=K.slim_pod, page_size=2)
     assert informer._list() == "99"

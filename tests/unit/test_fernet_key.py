@@ -20,7 +20,7 @@ def test_a_key_is_32_random_bytes_in_urlsafe_base64():
     keys = [F.fernet_key() for _ in range(64)]
     assert len(set(keys)) == len(keys)
     raw = [base64.urlsafe_b64decode(k) for k in keys]
-    assert all(len(k) == 44 and len(r) == 32 for k, r in zip(keys, raw))
+    assert all(len(k) == 44 and len(r) == 32 for k, r in zip(keys, raw, strict=True))
     # base64 of printable characters never has a byte >= 0x80; 64 keys of
     # random bytes all without one: probability 2**-2048.
     assert any(b >= 0x80 for r in raw for b in r)

@@ -190,7 +190,8 @@ def test_statefulset_waits_for_the_update_revision():
 
 
 def test_job_failed_is_final_and_crd_apiservice_conditions():
-    failed = dict(job(), status={"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]})
+    failed = dict(job(), status={"conditions": [{"type": "Failed", "status": "True",
+                                                 "reason": "BackoffLimitExceeded"}]})
     assert M.readiness(failed) == (M.FAILED, "failed: BackoffLimitExceeded ")
     done = dict(job(), status={"conditions": [{"type": "Complete", "status": "True"}]})
     assert M.readiness(done)[0] == M.READY
@@ -281,7 +282,9 @@ def test_wait_times_out_with_what_is_missing():
     api = FakeApi()
     run = run_of(api)
     run.apply([deployment("slow", 3)], "ns")
-    with pytest.raises(M.ManifestError, match=r"timed out after 2 s waiting for Deployment ns/slow \(the controller has not seen generation 1"):
+    with pytest.raises(M.ManifestError,
+                       match=r"timed out after 2 s waiting for Deployment ns/slow "
+                             r"\(the controller has not seen generation 1"):
         run.wait(timeout=2)
 
 

@@ -60,7 +60,8 @@ def test_each_problem_names_the_variable_and_key():
 
 
 def test_a_request_above_its_limit_is_refused():
-    errors = V.resource_errors({"r": {"requests": {"memory": "2Gi", "cpu": "500m"}, "limits": {"memory": "1024Mi", "cpu": 1}}})
+    errors = V.resource_errors({"r": {"requests": {"memory": "2Gi", "cpu": "500m"},
+                                      "limits": {"memory": "1024Mi", "cpu": 1}}})
     assert errors == ["r.requests.memory (2Gi) must not exceed r.limits.memory (1024Mi)."]
     # Equal is fine, and units are compared by value.
     assert V.resource_errors({"r": {"requests": {"memory": "1Gi"}, "limits": {"memory": "1024Mi"}}}) == []
@@ -100,7 +101,8 @@ def test_image_references(image, reference, pinned):
 @pytest.mark.parametrize(("text", "shown", "hidden"), [
     ("https://elastic:s3cr3tPW@es.example.com:9200", "https://<redacted>@es.example.com:9200", "s3cr3tPW"),
     ("https://ghp_T0KENvalue@github.com/org/repo.git", "https://<redacted>@github.com/org/repo.git", "ghp_T0KENvalue"),
-    ("http://prom:9090/api?access_token=abc123XYZ&x=1", "http://prom:9090/api?access_token=<redacted>&x=1", "abc123XYZ"),
+    ("http://prom:9090/api?access_token=abc123XYZ&x=1", "http://prom:9090/api?access_token=<redacted>&x=1",
+     "abc123XYZ"),
     ("s3://bucket/prefix?AWSAccessKeyId=AKIAxyz&Signature=sig123", "Signature=<redacted>", "sig123"),
     ("git@github.com:org/repo.git", "git@github.com:org/repo.git", None),
     ("not a url with password=hunter2 inside", "password=<redacted>", "hunter2"),
@@ -134,10 +136,13 @@ def test_an_empty_class_without_a_default_class_names_the_variable():
 
 def test_a_named_class_must_exist():
     errors = V.storage_class_errors([{"var": "broker_storage_class", "class": "fast"}], [_sc("standard", default=True)])
-    assert errors == ["broker_storage_class: StorageClass 'fast' does not exist (StorageClasses of this cluster: standard)."]
+    assert errors == ["broker_storage_class: StorageClass 'fast' does not exist "
+                      "(StorageClasses of this cluster: standard)."]
 
 
 def test_read_write_many_needs_a_named_class():
     errors = V.storage_class_errors(
-        [{"var": "git_sync_pvc_storage_class", "class": "", "access_modes": ["ReadWriteMany"]}], [_sc("standard", default=True)])
-    assert len(errors) == 1 and errors[0].startswith("git_sync_pvc_storage_class is empty, but the claim asks for ReadWriteMany")
+        [{"var": "git_sync_pvc_storage_class", "class": "", "access_modes": ["ReadWriteMany"]}],
+        [_sc("standard", default=True)])
+    assert len(errors) == 1
+    assert errors[0].startswith("git_sync_pvc_storage_class is empty, but the claim asks for ReadWriteMany")

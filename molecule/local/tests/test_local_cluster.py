@@ -47,9 +47,11 @@ def test_workloads_are_ready(host):
 
 
 def test_migrations_completed_before_airflow(host):
-    jobs = [j for j in kubectl(host, "get", "jobs", "-n", NAMESPACE)["items"] if j["metadata"]["name"].startswith(f"{PREFIX}-migrate")]
+    jobs = [j for j in kubectl(host, "get", "jobs", "-n", NAMESPACE)["items"]
+            if j["metadata"]["name"].startswith(f"{PREFIX}-migrate")]
     assert jobs
-    done = [c for j in jobs for c in j["status"].get("conditions", []) if c["type"] == "Complete" and c["status"] == "True"]
+    done = [c for j in jobs for c in j["status"].get("conditions", [])
+            if c["type"] == "Complete" and c["status"] == "True"]
     assert done
     scheduler = kubectl(host, "get", "deployment", f"{PREFIX}-scheduler", "-n", NAMESPACE)
     assert scheduler["metadata"]["creationTimestamp"] >= min(c["lastTransitionTime"] for c in done)

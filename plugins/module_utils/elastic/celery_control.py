@@ -237,7 +237,8 @@ class CeleryControl:
 
     def _inspect(self, hosts: Sequence[str], method: str) -> Dict[str, object]:
         conn = self._connection()
-        insp = self.app.control.inspect(destination=list(hosts), timeout=self.timeout, limit=len(hosts), connection=conn)
+        insp = self.app.control.inspect(destination=list(hosts), timeout=self.timeout, limit=len(hosts),
+                                        connection=conn)
         return self._call(lambda connection: getattr(insp, method)()) or {}
 
     # -- queries --------------------------------------------------------------

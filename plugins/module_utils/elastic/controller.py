@@ -26,7 +26,6 @@ from __future__ import absolute_import, division, print_function
 import argparse
 import json
 import logging
-import math
 import os
 import signal
 import socket
@@ -37,11 +36,11 @@ import urllib.parse
 import urllib.request
 
 try:  # relative when imported as a package (Ansible, python -m elastic.controller)
-    from . import reconcile as R
     from . import kube as K
-    from .drain import Drain, DrainError, WorkerGone, DRAINED, CANCELLING, DRAINING, RESTORING
+    from . import reconcile as R
     from .celery_control import CeleryControl, CeleryControlError
-    from .k8s_store import ANNOTATION as DRAIN_ANNOTATION, AnnotationStore, pod_record
+    from .drain import CANCELLING, DRAINED, DRAINING, RESTORING, Drain, DrainError, WorkerGone
+    from .k8s_store import AnnotationStore, pod_record
 except ImportError:  # pragma: no cover
     raise
 
@@ -459,7 +458,8 @@ class Reconciler:
                 report["actions"].append("created %s" % pname)
             if created:
                 self._event(ew, "CreatedPods", "created %s" % ", ".join(created))
-        if report["drains"] and any(p not in ("drained", "gone", "restored", "error") for p in report["drains"].values()):
+        if report["drains"] and any(p not in ("drained", "gone", "restored", "error")
+                                    for p in report["drains"].values()):
             report["requeue_after"] = min(report["requeue_after"], DRAIN_POLL_SECONDS)
 
         status = dict(plan.status)
@@ -797,7 +797,8 @@ def main(argv=None):
                         help="namespace to watch (default: the pod's own; '' for all)")
     parser.add_argument("--lease-namespace", default=None)
     parser.add_argument("--lease-name", default=os.environ.get("LEASE_NAME", "elastic-worker-controller"))
-    parser.add_argument("--identity", default=os.environ.get("POD_NAME") or "%s-%d" % (socket.gethostname(), os.getpid()))
+    parser.add_argument("--identity",
+                        default=os.environ.get("POD_NAME") or "%s-%d" % (socket.gethostname(), os.getpid()))
     parser.add_argument("--lease-duration", type=float, default=float(os.environ.get("LEASE_DURATION", "15")))
     parser.add_argument("--renew-deadline", type=float, default=None,
                         help="seconds a leader keeps acting without a renewal (default: 2/3 of the lease duration)")

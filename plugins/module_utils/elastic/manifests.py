@@ -129,7 +129,8 @@ def _rollout(obj):
     updated = status.get("updatedReplicas") or 0
     if kind == "Deployment":
         available = status.get("availableReplicas") or 0
-        done = updated == wanted and replicas == wanted and available == wanted and not status.get("unavailableReplicas")
+        done = (updated == wanted and replicas == wanted and available == wanted
+                and not status.get("unavailableReplicas"))
         return done, "%s of %s replicas updated, %s available, %s in all" % (updated, wanted, available, replicas)
     ready = status.get("readyReplicas") or 0
     if (spec.get("updateStrategy") or {}).get("type") == "OnDelete":
@@ -231,14 +232,16 @@ class ManifestRun:
             definition = copy.deepcopy(definition)
             api_version, kind, obj_ns, name = identity(definition)
             if not (api_version and kind and name):
-                raise ManifestError("every manifest needs apiVersion, kind and metadata.name; got %s" % describe(definition))
+                raise ManifestError("every manifest needs apiVersion, kind and metadata.name; got %s"
+                                    % describe(definition))
             resource = self.resource(api_version, kind)
             if resource is None:
                 if self.check_mode:
                     # Its CRD is applied by this run and not served yet.
                     self._record(definition, "would create (its API is not served yet)")
                     continue
-                raise ManifestError("%s: the cluster does not serve kind %s of %s" % (describe(definition), kind, api_version))
+                raise ManifestError("%s: the cluster does not serve kind %s of %s"
+                                    % (describe(definition), kind, api_version))
             if resource.namespaced:
                 obj_ns = obj_ns or namespace
                 definition["metadata"]["namespace"] = obj_ns
@@ -267,7 +270,8 @@ class ManifestRun:
             return self.client.server_side_apply(resource, body=definition, name=name, namespace=namespace,
                                                  serializer=plain, **params)
         except Exception as exc:  # the client raises one type per HTTP status
-            raise ManifestError("%s: %s" % (describe(definition), api_error(exc, secret=definition.get("kind") == "Secret")))
+            raise ManifestError(
+                "%s: %s" % (describe(definition), api_error(exc, secret=definition.get("kind") == "Secret"))) from exc
 
     # -- deleting ------------------------------------------------------------
 
@@ -294,7 +298,7 @@ class ManifestRun:
                 listed = resource.get(namespace=obj_ns, label_selector=selector_string(sel["label_selectors"]),
                                       serializer=plain)
             except Exception as exc:  # the client raises one type per HTTP status
-                raise ManifestError("listing %s to prune: %s" % (sel["kind"], api_error(exc)))
+                raise ManifestError("listing %s to prune: %s" % (sel["kind"], api_error(exc))) from exc
             for item in listed.get("items") or []:
                 item.setdefault("apiVersion", sel["api_version"])
                 item.setdefault("kind", sel["kind"])
@@ -331,7 +335,7 @@ class ManifestRun:
                     items = resource.get(namespace=obj_ns, label_selector=selector_string(sel["label_selectors"]),
                                          serializer=plain)["items"] or []
                 except Exception as exc:  # the client raises one type per HTTP status
-                    raise ManifestError("listing %s to wait for: %s" % (sel["kind"], api_error(exc)))
+                    raise ManifestError("listing %s to wait for: %s" % (sel["kind"], api_error(exc))) from exc
             for item in items:
                 item.setdefault("apiVersion", sel["api_version"])
                 item.setdefault("kind", sel["kind"])

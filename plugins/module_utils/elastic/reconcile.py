@@ -473,6 +473,7 @@ def status_of(ew, pods, live, states, drains, desired, plan, policy, current_has
     n_updated = sum(1 for p in counted if not pod_outdated(p, current_hash))
     up_to_date = n_updated == replicas
     stable = replicas == desired and not plan.changed and not n_draining
+    limited = spec.get("replicas") is not None and int(spec["replicas"]) != desired
     conditions = [
         {
             "type": "Ready",
@@ -482,8 +483,8 @@ def status_of(ew, pods, live, states, drains, desired, plan, policy, current_has
         },
         {
             "type": "ScalingLimited",
-            "status": "True" if spec.get("replicas") is not None and int(spec["replicas"]) != desired else "False",
-            "reason": "OutOfBounds" if spec.get("replicas") is not None and int(spec["replicas"]) != desired else "WithinBounds",
+            "status": "True" if limited else "False",
+            "reason": "OutOfBounds" if limited else "WithinBounds",
             "message": "replicas kept within [%d, %d]" % (low, high),
         },
         {

@@ -20,7 +20,8 @@ from decimal import Decimal, InvalidOperation
 
 # <number><suffix>: a decimal number, then a binary-SI suffix, a decimal-SI
 # suffix or a decimal exponent. No sign: no setting of ours may be negative.
-_QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
+_QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)"
+                       r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
 _BINARY = dict(Ki=2 ** 10, Mi=2 ** 20, Gi=2 ** 30, Ti=2 ** 40, Pi=2 ** 50, Ei=2 ** 60)
 _DECIMAL = dict(n=Decimal("1e-9"), u=Decimal("1e-6"), m=Decimal("1e-3"), k=Decimal("1e3"), M=Decimal("1e6"),
                 G=Decimal("1e9"), T=Decimal("1e12"), P=Decimal("1e15"), E=Decimal("1e18"))
@@ -140,7 +141,8 @@ def is_pinned_image(value):
 # scheme://userinfo@ : the userinfo (user, password or token) goes.
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
 # Query parameters and key=value pairs whose name says they carry a secret.
-_SECRET_PARAM = re.compile(r"(?i)(?P<key>[?&;]?[A-Za-z0-9_.-]*(?:token|passw(?:or)?d|pwd|secret|key|auth|signature|credential)"
+_SECRET_PARAM = re.compile(r"(?i)(?P<key>[?&;]?[A-Za-z0-9_.-]*"
+                           r"(?:token|passw(?:or)?d|pwd|secret|key|auth|signature|credential)"
                            r"[A-Za-z0-9_.-]*=)[^&#\s]*")
 REDACTED = "<redacted>"
 
@@ -169,14 +171,16 @@ def storage_class_errors(claims, storage_classes):
     names = sorted((sc.get("metadata") or {}).get("name", "") for sc in storage_classes)
     defaults = sorted(
         (sc.get("metadata") or {}).get("name", "") for sc in storage_classes
-        if any(((sc.get("metadata") or {}).get("annotations") or {}).get(a) == "true" for a in _DEFAULT_CLASS_ANNOTATIONS))
+        if any(((sc.get("metadata") or {}).get("annotations") or {}).get(a) == "true"
+               for a in _DEFAULT_CLASS_ANNOTATIONS))
     known = ", ".join(names) or "none"
     errors = []
     for claim in claims:
         var, name = claim["var"], claim.get("class") or ""
         modes = claim.get("access_modes") or ["ReadWriteOnce"]
         if name and name not in names:
-            errors.append("%s: StorageClass '%s' does not exist (StorageClasses of this cluster: %s)." % (var, name, known))
+            errors.append("%s: StorageClass '%s' does not exist (StorageClasses of this cluster: %s)."
+                          % (var, name, known))
         elif not name and "ReadWriteMany" in modes:
             errors.append("%s is empty, but the claim asks for ReadWriteMany, which the default StorageClass "
                           "(%s) cannot be assumed to serve (local-path and EBS cannot): name a class that can, "

@@ -134,7 +134,7 @@ class Workers:
 
     def close(self):
         self.app.close()
-        for name, proc in self.procs.items():
+        for proc in self.procs.values():
             if proc.poll() is None:
                 try:
                     os.killpg(proc.pid, signal.SIGTERM)
@@ -218,5 +218,5 @@ def run_module(collections_path, args: dict, check: bool = False, timeout: float
         result = data["plays"][0]["tasks"][0]["hosts"]["localhost"]
     except (ValueError, KeyError, IndexError) as exc:
         raise AssertionError("unexpected ansible output (rc=%s): %s\n%s\n%s" % (proc.returncode, exc, proc.stdout,
-                                                                                 proc.stderr))
+                                                                                 proc.stderr)) from exc
     return proc.returncode, result

@@ -28,7 +28,7 @@ def test_drain_two_busy_workers(broker, request, workers_factory):
     ctl = w.control
 
     jobs = ["job-%02d" % i for i in range(len(DURATIONS))]
-    for job, seconds in zip(jobs, DURATIONS):
+    for job, seconds in zip(jobs, DURATIONS, strict=True):
         w.send(job, seconds)
 
     # wait until every worker runs two tasks (and, with early acks, holds reserved ones)
@@ -67,7 +67,8 @@ def test_drain_two_busy_workers(broker, request, workers_factory):
         assert started == ended
         assert all(e[3] <= st.finished for e in mine if e[0] == "end")
         # nothing started there after the drain began except what it already held
-        late = [e for e in mine if e[0] == "start" and e[3] > cancel_time and e[5] not in at_start[st.hostname].task_ids]
+        held = at_start[st.hostname].task_ids
+        late = [e for e in mine if e[0] == "start" and e[3] > cancel_time and e[5] not in held]
         if acks_late:
             assert late == [], late
 

@@ -99,7 +99,7 @@ def test_bad_input_is_a_clear_error(redis_url, collections_path, tmp_path):
                           capture_output=True, text=True, timeout=100)
     results = [t["hosts"]["localhost"] for t in json.loads(proc.stdout)["plays"][0]["tasks"]]
     assert len(results) == len(BAD_INPUT)
-    for (args, needle), res in zip(BAD_INPUT, results):
+    for (args, needle), res in zip(BAD_INPUT, results, strict=True):
         assert res.get("failed"), (args, res)
         assert needle in res["msg"], (args, res["msg"])
         assert res.get("changed") is not True

@@ -225,7 +225,7 @@ def test_drain_playbook_scales_down_exactly_the_drained_workers(kube, deployed, 
             pod = kube[0].read_namespaced_pod(name + "-worker-0", ns)
             if pod.metadata.uid != old_uid and not pod.metadata.deletion_timestamp:
                 break
-        except Exception:  # noqa: BLE001 - between delete and re-create
+        except Exception:  # between delete and re-create
             pass
         assert time.time() < deadline, "pod not replaced"
         time.sleep(0.5)

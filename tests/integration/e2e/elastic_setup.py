@@ -39,10 +39,13 @@ def apply_crds(kubeconfig, api):
     assert out.returncode == 0, out.stderr
     ext = client.ApiextensionsV1Api(api)
     for crd in docs:
-        harness.wait_for(lambda: any(c.type == "Established" and c.status == "True"
-                                     for c in ext.read_custom_resource_definition(
-                                         crd["metadata"]["name"]).status.conditions or []),
-                         60, "CRD Established")
+        name = crd["metadata"]["name"]
+
+        def established(name=name):
+            conditions = ext.read_custom_resource_definition(name).status.conditions or []
+            return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+        harness.wait_for(established, 60, "CRD %s Established" % name)
 
 
 class Elastic:

@@ -211,7 +211,10 @@ def prepare_postgresql(admin_url, url):
 def prepare_mariadb(admin_url, url):
     _, user, password, _, _, db = parse_url(url)
     _, auser, apw, host, port, _ = parse_url(admin_url)
-    q = lambda s: "`%s`" % s.replace("`", "``")  # noqa: E731
+
+    def q(name):
+        return "`%s`" % name.replace("`", "``")
+
     script = ";\n".join([
         "DROP DATABASE IF EXISTS %s" % q(db),
         "CREATE DATABASE %s CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci" % q(db),
@@ -429,7 +432,7 @@ class Api:
                 raw = r.read()
                 return json.loads(raw) if raw else None
         except urllib.error.HTTPError as e:
-            raise RuntimeError("%s %s -> %d %s" % (method, path, e.code, e.read()[:500]))
+            raise RuntimeError("%s %s -> %d %s" % (method, path, e.code, e.read()[:500])) from e
 
     def health(self):
         return self.call("GET", "/api/v2/monitor/health", timeout=10)

@@ -25,7 +25,7 @@ import pytest
 from kubernetes import client
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from local_cluster import SHARED_KUBECONFIG, api_fixture  # noqa: E402
+from local_cluster import SHARED_KUBECONFIG, api_fixture
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[2]

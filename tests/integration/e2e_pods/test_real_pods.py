@@ -12,7 +12,7 @@ import os
 import threading
 import time
 
-from conftest import NAMESPACE, RESULTS, kubectl, results, wait_for, worker_pods
+from conftest import RESULTS, kubectl, results, wait_for, worker_pods
 
 DAG = "e2e_sleep_append"
 

@@ -1,6 +1,5 @@
 """The Celery app the elastic-worker tests run: one task that records each execution."""
 import os
-import socket
 import time
 
 import redis

@@ -3,7 +3,6 @@ namespace, the controller as a local process, and real Celery workers that
 follow the pods the controller creates."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,8 @@ sys.path.insert(0, MODULE_UTILS)
 sys.path.append(os.path.dirname(HERE))
 
 import render  # noqa: E402
-from local_cluster import CACHE, ON_KWOK_NODES, SHARED_KUBECONFIG as KUBECONFIG, api_fixture  # noqa: E402
+from local_cluster import CACHE, ON_KWOK_NODES, api_fixture  # noqa: E402
+from local_cluster import SHARED_KUBECONFIG as KUBECONFIG  # noqa: E402
 
 REDIS_PORT = os.environ.get("ELASTIC_AIRFLOW_REDIS_PORT", "16379")
 GROUP, VERSION = "elastic-airflow.io", "v1"

@@ -8,7 +8,6 @@ back-off, removes only idle (drained) workers; every task runs exactly once.
 import collections
 import os
 import sys
-import time
 
 import pytest
 import redis
@@ -42,6 +41,7 @@ def test_scale_out_and_in_through_idle_workers_only(core, custom, namespace, con
     sys.path.insert(0, os.path.dirname(__file__))
     os.environ["EW_TEST_BROKER"], os.environ["EW_TEST_QUEUE"] = redis_url, queue
     import importlib
+
     import celery_app
     importlib.reload(celery_app)
     r = redis.Redis.from_url(redis_url)

@@ -66,8 +66,8 @@ def test_only_the_leader_acts_and_a_killed_leader_drain_is_finished(api, core, c
     def drain_record():
         pod = core.read_namespaced_pod(busy_pod, namespace)
         return (pod.metadata.annotations or {}).get("elastic-airflow.io/drain")
-    record = wait_for(lambda: (lambda x: x if x and '"draining"' in x else None)(drain_record()), 30,
-                      what="drain of the busy pod under way")
+    wait_for(lambda: (lambda x: x if x and '"draining"' in x else None)(drain_record()), 30,
+             what="drain of the busy pod under way")
     # kill the leader mid-drain (no Lease release); the drained worker takes no new task
     a.kill()
     killed_at = time.time()

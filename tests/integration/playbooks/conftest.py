@@ -73,9 +73,10 @@ def installed_collection() -> str:
     subprocess.run(["ansible-galaxy", "collection", "build", "--output-path", str(target), str(REPO)],
                    check=True, capture_output=True)
     tarball = next(target.glob("elastic_airflow-cluster-*.tar.gz"))
-    subprocess.run(["ansible-galaxy", "collection", "install", "--offline", "--no-deps", "-p", str(target / "installed"), str(tarball)],
-                   check=True, capture_output=True, env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(target / "installed")))
-    return str(target / "installed")
+    installed = str(target / "installed")
+    subprocess.run(["ansible-galaxy", "collection", "install", "--offline", "--no-deps", "-p", installed, str(tarball)],
+                   check=True, capture_output=True, env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=installed))
+    return installed
 
 
 def run_playbook(playbook: str, *args: str, extra_vars: dict | None = None, timeout: int = 1200) -> Run:
@@ -100,7 +101,8 @@ def run_playbook(playbook: str, *args: str, extra_vars: dict | None = None, time
 
 @functools.lru_cache(maxsize=1)
 def _kubectl_bin() -> str:
-    bin_dir = subprocess.run([str(REPO / "tests" / "cluster" / "build.sh")], capture_output=True, text=True, check=True).stdout
+    bin_dir = subprocess.run([str(REPO / "tests" / "cluster" / "build.sh")],
+                             capture_output=True, text=True, check=True).stdout
     return str(pathlib.Path(bin_dir.strip()) / "kubectl")
 
 
@@ -121,10 +123,12 @@ VOLATILE = {"events", "events.events.k8s.io", "leases.coordination.k8s.io",
 
 @functools.lru_cache(maxsize=1)
 def _listable_resources() -> tuple[list[str], list[str]]:
-    namespaced = [r for r in kubectl("api-resources", "--verbs=list", "--namespaced=true", "-o", "name").split() if r not in VOLATILE]
+    namespaced = [r for r in kubectl("api-resources", "--verbs=list", "--namespaced=true", "-o", "name").split()
+                  if r not in VOLATILE]
     cluster_scoped = [
         r for r in kubectl("api-resources", "--verbs=list", "--namespaced=false", "-o", "name").split()
-        if r not in VOLATILE and r not in {"nodes", "componentstatuses"} and not r.startswith(("tokenreviews", "selfsubject"))
+        if r not in VOLATILE and r not in {"nodes", "componentstatuses"}
+        and not r.startswith(("tokenreviews", "selfsubject"))
     ]
     return namespaced, cluster_scoped
 
@@ -144,7 +148,8 @@ def cluster_snapshot() -> dict[str, str]:
             meta = item["metadata"]
             if item["kind"] == "Namespace" and meta["name"] != NAMESPACE:
                 continue  # other test suites' namespaces come and go
-            if item["kind"] == "PersistentVolume" and (item["spec"].get("claimRef") or {}).get("namespace") != NAMESPACE:
+            if (item["kind"] == "PersistentVolume"
+                    and (item["spec"].get("claimRef") or {}).get("namespace") != NAMESPACE):
                 continue  # the shared pool: bound, released and recycled for other namespaces' claims
             snapshot[f"{item['kind']}/{meta.get('namespace', '')}/{meta['name']}"] = meta["resourceVersion"]
     return snapshot

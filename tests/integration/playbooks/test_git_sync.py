@@ -12,8 +12,11 @@ from conftest import kubectl, run_playbook
 
 NAMESPACE = "airflow-git"
 CLUSTER = "gitdags"
+GIT_SYNC_SECRETS = f"app.kubernetes.io/instance={CLUSTER},app.kubernetes.io/name=git-sync"
 # Shape-valid test values: KWOK runs no container, so nothing connects with them.
-KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n-----END OPENSSH PRIVATE KEY-----"
+KEY = ("-----BEGIN OPENSSH PRIVATE KEY-----\n"
+       "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n"
+       "-----END OPENSSH PRIVATE KEY-----")
 KNOWN_HOSTS = "github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 GIT = {
     "elastic_airflow_namespace": NAMESPACE,
@@ -59,7 +62,7 @@ def test_git_mode_converges_with_git_sync_in_every_pod_that_reads_dags(git_clust
     assert [c["name"] for c in scheduler["containers"]] == ["scheduler"]
     env = _json("get", "configmap", f"{CLUSTER}-airflow-env")["data"]
     assert env["AIRFLOW__CORE__DAGS_FOLDER"].endswith("/dags"), env["AIRFLOW__CORE__DAGS_FOLDER"]
-    secret = _json("get", "secret", "-l", f"app.kubernetes.io/instance={CLUSTER},app.kubernetes.io/name=git-sync")["items"]
+    secret = _json("get", "secret", "-l", GIT_SYNC_SECRETS)["items"]
     assert len(secret) == 1 and base64.b64decode(secret[0]["data"]["known_hosts"]).decode().strip() == KNOWN_HOSTS
 
 
@@ -73,6 +76,6 @@ def test_switching_to_image_mode_removes_the_git_credentials(git_cluster):
     run = run_playbook("site.yml", extra_vars={**GIT, "git_sync_mode": "image", "git_sync_auth": "none",
                                                "git_sync_ssh_private_key": "", "git_sync_ssh_known_hosts": ""})
     assert run.rc == 0, run.output[-4000:]
-    assert _json("get", "secret", "-l", f"app.kubernetes.io/instance={CLUSTER},app.kubernetes.io/name=git-sync")["items"] == []
+    assert _json("get", "secret", "-l", GIT_SYNC_SECRETS)["items"] == []
     processor = _json("get", "deployment", f"{CLUSTER}-dag-processor")["spec"]["template"]["spec"]
     assert "git-sync" not in [c["name"] for c in processor["containers"]]

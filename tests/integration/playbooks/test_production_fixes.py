@@ -36,7 +36,8 @@ def test_triggerer_is_a_statefulset_under_a_headless_service_with_its_log_port(c
     for pod in pods:  # <pod>.<c>-triggerer: what getfqdn() returns in it
         assert pod["spec"]["hostname"] == pod["metadata"]["name"]
         assert pod["spec"]["subdomain"] == f"{CLUSTER_NAME}-triggerer"
-    assert f"deployment.apps/{CLUSTER_NAME}-triggerer" not in kubectl("get", "deployments", "-n", NAMESPACE, "-o", "name")
+    deployments = kubectl("get", "deployments", "-n", NAMESPACE, "-o", "name")
+    assert f"deployment.apps/{CLUSTER_NAME}-triggerer" not in deployments
 
 
 # --- item 3: the controller ------------------------------------------------------
@@ -54,7 +55,8 @@ def test_controller_pod_is_restricted(converged):
 def test_controller_rbac_and_broker_secret_ref_follow_the_broker_in_use(converged):
     role = _get("role", f"{CLUSTER_NAME}-elastic-worker-controller")
     secrets = [r for r in role["rules"] if r["resources"] == ["secrets"]]
-    assert secrets == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [f"{CLUSTER_NAME}-broker"], "verbs": ["get"]}]
+    assert secrets == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [f"{CLUSTER_NAME}-broker"],
+                        "verbs": ["get"]}]
     ew = _get("elasticworker", f"{CLUSTER_NAME}-worker")
     assert ew["spec"]["drain"]["brokerSecretRef"] == {"name": f"{CLUSTER_NAME}-broker", "key": "url"}
     # An external broker: its Secret, in the Role and the ElasticWorker.
@@ -80,7 +82,8 @@ def test_controller_role_gets_the_custom_metric_for_the_custom_metrics_source(co
 
 def test_controller_image_follows_the_airflow_image_settings_when_left_empty(converged):
     run = run_playbook("elastic_worker.yml", "--check", "--diff",
-                       extra_vars={"elastic_worker_controller_image": "", "airflow_image_repository": "registry.example/airflow",
+                       extra_vars={"elastic_worker_controller_image": "",
+                                   "airflow_image_repository": "registry.example/airflow",
                                    "airflow_image_tag": "3.3.9", "airflow_image_pull_secrets": ["regcred-14"]})
     assert run.rc == 0, run.output[-4000:]
     assert "registry.example/airflow:3.3.9" in run.output, run.output[-4000:]
@@ -97,7 +100,8 @@ def rabbitmq():
     def deploy(image: str) -> None:
         run = run_playbook("site.yml", extra_vars={
             "elastic_airflow_namespace": RABBIT_NS, "elastic_airflow_only_layers": ["namespace", "broker"],
-            "broker_engine": "rabbitmq", "broker_rabbitmq_image": image, "broker_rabbitmq_consumer_timeout_seconds": 86400})
+            "broker_engine": "rabbitmq", "broker_rabbitmq_image": image,
+            "broker_rabbitmq_consumer_timeout_seconds": 86400})
         assert run.rc == 0, run.output[-4000:]
     try:
         yield deploy

@@ -22,7 +22,8 @@ def test_every_workload_is_ready_and_migrations_completed(converged):
         assert available == "True", f"Deployment {d['metadata']['name']} not Available"
         assert d["status"].get("readyReplicas", 0) == d["spec"]["replicas"]
     for s in statefulsets:
-        assert s["status"].get("readyReplicas", 0) == s["spec"]["replicas"], f"StatefulSet {s['metadata']['name']} not ready"
+        assert s["status"].get("readyReplicas", 0) == s["spec"]["replicas"], \
+            f"StatefulSet {s['metadata']['name']} not ready"
     migrations = [j for j in _items("jobs") if j["metadata"]["name"].startswith(f"{CLUSTER_NAME}-migrate")]
     assert migrations, "no migration Job"
     for job in migrations:
