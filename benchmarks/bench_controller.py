@@ -51,43 +51,42 @@ def cpu():
 
 def measure(ns, n_pods):
     """The controller's side, in a process of its own (so RSS is the controller's)."""
-    if True:
-        # the measured controller: caches (LIST + WATCH) and one reconcile pass
-        kube = K.Kube(K.load_client(KUBECONFIG), ns)
-        print("  RSS after imports and client setup: %.1f MB" % peak_rss_mb())
-        cpu0, wall0 = cpu(), time.time()
-        informers = kube.informers(lambda *a: None)
-        for i in informers.values():
-            i.start()
-        for i in informers.values():
-            i.synced.wait(120)
-        cpu_sync = cpu() - cpu0
-        calls_sync = kube.counter.snapshot()
-        reconciler = C.Reconciler(kube, informers)
-        cpu1 = cpu()
-        reports = reconciler.reconcile_all()
-        cpu_pass = cpu() - cpu1
-        calls = kube.counter.snapshot()
-        pass_calls = dict((k, calls[k] - calls_sync.get(k, 0)) for k in calls if calls[k] - calls_sync.get(k, 0))
-        rss_mb = peak_rss_mb()
-        report = [r for r in reports if r.get("name") == "w"][0]
-        print("reconcile of 1 ElasticWorker with %d pods (plan: %d create, %d delete; status replicas %d)"
-              % (n_pods, len(report["plan"]["create"]), len(report["plan"]["delete"]),
-                 report["plan"]["status"]["replicas"]))
-        print("  cache sync (LIST+WATCH of 3 kinds): %.3f s CPU, %.2f s wall, calls %s"
-              % (cpu_sync, time.time() - wall0, calls_sync))
-        print("  one reconcile pass: %.3f s CPU, API calls %s (LIST calls in the pass: %d)"
-              % (cpu_pass, pass_calls, sum(v for k, v in pass_calls.items() if k.startswith("LIST"))))
-        print("  peak RSS of the controller process: %.1f MB; its CPU since start (imports included): %.2f s"
-              % (rss_mb, cpu()))
-        # a second pass on an unchanged cluster must make no call at all
-        calls_before = kube.counter.total()
-        cpu2 = cpu()
-        reconciler.reconcile_all()
-        print("  second pass (nothing changed): %.3f s CPU, %d API calls"
-              % (cpu() - cpu2, kube.counter.total() - calls_before))
-        for i in informers.values():
-            i.stop()
+    # the measured controller: caches (LIST + WATCH) and one reconcile pass
+    kube = K.Kube(K.load_client(KUBECONFIG), ns)
+    print("  RSS after imports and client setup: %.1f MB" % peak_rss_mb())
+    cpu0, wall0 = cpu(), time.time()
+    informers = kube.informers(lambda *a: None)
+    for i in informers.values():
+        i.start()
+    for i in informers.values():
+        i.synced.wait(120)
+    cpu_sync = cpu() - cpu0
+    calls_sync = kube.counter.snapshot()
+    reconciler = C.Reconciler(kube, informers)
+    cpu1 = cpu()
+    reports = reconciler.reconcile_all()
+    cpu_pass = cpu() - cpu1
+    calls = kube.counter.snapshot()
+    pass_calls = dict((k, calls[k] - calls_sync.get(k, 0)) for k in calls if calls[k] - calls_sync.get(k, 0))
+    rss_mb = peak_rss_mb()
+    report = [r for r in reports if r.get("name") == "w"][0]
+    print("reconcile of 1 ElasticWorker with %d pods (plan: %d create, %d delete; status replicas %d)"
+          % (n_pods, len(report["plan"]["create"]), len(report["plan"]["delete"]),
+             report["plan"]["status"]["replicas"]))
+    print("  cache sync (LIST+WATCH of 3 kinds): %.3f s CPU, %.2f s wall, calls %s"
+          % (cpu_sync, time.time() - wall0, calls_sync))
+    print("  one reconcile pass: %.3f s CPU, API calls %s (LIST calls in the pass: %d)"
+          % (cpu_pass, pass_calls, sum(v for k, v in pass_calls.items() if k.startswith("LIST"))))
+    print("  peak RSS of the controller process: %.1f MB; its CPU since start (imports included): %.2f s"
+          % (rss_mb, cpu()))
+    # a second pass on an unchanged cluster must make no call at all
+    calls_before = kube.counter.total()
+    cpu2 = cpu()
+    reconciler.reconcile_all()
+    print("  second pass (nothing changed): %.3f s CPU, %d API calls"
+          % (cpu() - cpu2, kube.counter.total() - calls_before))
+    for i in informers.values():
+        i.stop()
     return 0
 
 

@@ -35,8 +35,8 @@ class FakeConn:
 
 
 class FakeInspect:
-    def __init__(self, data, kw):
-        self.data, self.kw = data, kw
+    def __init__(self, data):
+        self.data = data
 
     def __getattr__(self, name):
         if name in ("active", "reserved", "scheduled", "active_queues", "stats"):
@@ -64,7 +64,7 @@ class FakeControl:
         self.sent.append(("inspect", (), kw))
         if "inspect" in self.raise_on:
             raise self.raise_on["inspect"]
-        return FakeInspect(self.inspect_data, kw)
+        return FakeInspect(self.inspect_data)
 
     def cancel_consumer(self, queue, **kw):
         return self._r("cancel_consumer", (queue,), kw)

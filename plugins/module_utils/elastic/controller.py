@@ -35,18 +35,15 @@ import time
 import urllib.parse
 import urllib.request
 
-try:  # relative when imported as a package (Ansible, python -m elastic.controller)
-    from . import kube as K
-    from . import reconcile as R
-    from .celery_control import CeleryControl, CeleryControlError
-    from .drain import CANCELLING, DRAINED, DRAINING, RESTORING, Drain, DrainError, WorkerGone
-    from .k8s_store import AnnotationStore, pod_record
-except ImportError:  # pragma: no cover
-    raise
+# Relative: imported as a package (Ansible, python -m elastic.controller).
+from . import kube as K
+from . import reconcile as R
+from .celery_control import CeleryControl, CeleryControlError
+from .drain import DRAINED, Drain, DrainError, WorkerGone
+from .k8s_store import AnnotationStore, pod_record
 
 LOG = logging.getLogger("elastic_worker")
 
-ACTIVE_PHASES = (CANCELLING, DRAINING, RESTORING)
 DRAIN_POLL_SECONDS = 0.5  # a drain in progress is looked at again this soon
 
 

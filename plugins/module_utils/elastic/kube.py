@@ -33,9 +33,7 @@ try:
     from kubernetes import client as k8s_client
     from kubernetes import config as k8s_config
     from kubernetes.client.rest import ApiException
-    HAS_KUBERNETES = True
 except ImportError:  # pragma: no cover - reported by the callers
-    HAS_KUBERNETES = False
     ApiException = Exception
 
 from . import reconcile as R
@@ -100,15 +98,6 @@ def _now_micro():
 
 def now_rfc3339():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_time(value):
-    if value is None:
-        return None
-    if isinstance(value, datetime.datetime):
-        return value.timestamp()
-    text = str(value).replace("Z", "+00:00")
-    return datetime.datetime.fromisoformat(text).timestamp()
 
 
 def _slim(obj):
@@ -263,7 +252,6 @@ class Informer:
         self.lists = 0
         self.watches = 0
         self.errors = 0
-        self.dropped = 0
 
     @staticmethod
     def key(obj):
@@ -317,11 +305,9 @@ class Informer:
         rv = meta.get("resourceVersion")
         with self._lock:
             if meta.get("uid") and meta["uid"] in self._deleted:
-                self.dropped += 1
                 return False
             if rv and rv in self._seen.get(key, ()):
-                self.dropped += 1  # the cache holds this version or a later one
-                return False
+                return False  # the cache holds this version or a later one
             self._items[key] = obj
             if rv:
                 self._pending[key] = (rv, self._clock() + self._pending_timeout)
@@ -353,8 +339,7 @@ class Informer:
                         current is not None and current["metadata"].get("uid") != uid):
                     del self._pending[key]
                 else:
-                    self.dropped += 1  # older than what we wrote: the watch will deliver that next
-                    return False
+                    return False  # older than what we wrote: the watch will deliver that next
             self._items[key] = obj
             return True
 
@@ -651,7 +636,6 @@ class LeaderElector:
         self.observed_time = None
         self._leader_until = None  # monotonic deadline of the current term, None when not leading
         self._renewed_at = None  # start of the last successful acquire/renew
-        self.transitions = 0
 
     @property
     def is_leader(self):
@@ -700,13 +684,10 @@ class LeaderElector:
             self.observed_time = now
 
     def _won(self, spec, started):
-        was = self.is_leader
         self.observed_record = dict(spec)
         self.observed_time = started
         self._renewed_at = started
         self._leader_until = started + self.renew_deadline
-        if not was:
-            self.transitions += 1
         return True
 
     def _lost(self):

@@ -31,7 +31,6 @@ VERSION = "v1"
 API_VERSION = GROUP + "/" + VERSION
 EW_KIND = "ElasticWorker"
 EW_PLURAL = "elasticworkers"
-EWA_KIND = "ElasticWorkerAutoscaler"
 EWA_PLURAL = "elasticworkerautoscalers"
 
 # Put on every worker pod: which ElasticWorker owns it (the controller's one
@@ -42,8 +41,6 @@ OWNER_LABEL = GROUP + "/elastic-worker"
 # created from. A pod whose hash differs from the current template's is
 # outdated and gets replaced, one at a time (see ``plan_elastic_worker``).
 TEMPLATE_HASH_ANNOTATION = GROUP + "/template-hash"
-
-SCALE_IN_POLICIES = ("IdleOnly", "BySelector", "Immediate", "Disabled")
 
 DEFAULT_SCALE_IN_THRESHOLD = 0.7
 DEFAULT_SCALE_IN_BACKOFF = 30

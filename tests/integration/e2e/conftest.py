@@ -159,7 +159,6 @@ class Boot:
 
     def __init__(self, api, venv, varsfile, namespace, cluster, engine, broker, api_port, log_port_base, tmp,
                  wanted=()):
-        import yaml
         self.api_client, self.namespace, self.cluster = api, namespace, cluster
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
@@ -167,8 +166,6 @@ class Boot:
         self.tmp = tmp
         self.private_redis = None
         deploy(varsfile, wanted)
-        with open(varsfile) as fh:
-            self.vars = yaml.safe_load(fh)
         t0 = time.time()
         self.config = harness.ClusterConfig(api, namespace, cluster)
         _, env = self.config.worker()

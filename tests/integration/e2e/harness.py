@@ -59,8 +59,6 @@ class ClusterConfig:
         self.apps = client.AppsV1Api(api)
         self.batch = client.BatchV1Api(api)
         self._secrets = {}
-        cm = self.core.read_namespaced_config_map("%s-airflow-env" % cluster, namespace)
-        self.configmap = dict(cm.data or {})
         self.services = {}
         for svc in self.core.list_namespaced_service(namespace).items:
             self.services[svc.metadata.name] = [p.port for p in svc.spec.ports or []]
