@@ -29,6 +29,7 @@ from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.ma
     ManifestError,
     ManifestRun,
     api_error,
+    join_label_selectors,
 )
 
 try:
@@ -109,6 +110,11 @@ class ActionModule(ActionBase):
                 if missing:
                     return dict(result, failed=True, msg="%s: every item needs %s; %s lacks %s" % (
                         key, ", ".join(needed), ref, ", ".join(missing)))
+                if key != "absent" and ref.get("label_selectors"):
+                    try:  # before anything is applied
+                        join_label_selectors(ref["label_selectors"])
+                    except ManifestError as exc:
+                        return dict(result, failed=True, msg="%s: %s" % (key, to_native(exc)))
 
         try:
             definitions = self._render(args["templates"], task_vars) + [d for d in args["definitions"] if d]

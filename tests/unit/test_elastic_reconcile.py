@@ -181,11 +181,11 @@ def test_build_pod_owns_and_labels():
     assert manifest["spec"]["hostname"] == "w-abcde"
 
 
-def test_selector_string_and_match():
+def test_label_selector_to_string_and_match():
     sel = {"matchLabels": {"b": "2", "a": "1"},
            "matchExpressions": [{"key": "c", "operator": "In", "values": ["y", "x"]},
                                 {"key": "d", "operator": "DoesNotExist"}]}
-    assert r.selector_string(sel) == "a=1,b=2,c in (x,y),!d"
+    assert r.label_selector_to_string(sel) == "a=1,b=2,c in (x,y),!d"
     assert r.selector_matches(sel, {"a": "1", "b": "2", "c": "x"})
     assert not r.selector_matches(sel, {"a": "1", "b": "2", "c": "x", "d": ""})
     assert r.selector_matches({}, {"any": "thing"})

@@ -207,10 +207,12 @@ def test_a_secret_is_shown_with_its_keys_never_its_values():
     assert "s3cret" not in repr(shown) and "t0k3n" not in repr(shown)
 
 
-def test_selector_string_accepts_dict_list_and_string():
-    assert M.selector_string({"b": "2", "a": "1"}) == "a=1,b=2"
-    assert M.selector_string(["a=1", "b=2"]) == "a=1,b=2"
-    assert M.selector_string("a=1") == "a=1"
+def test_join_label_selectors_joins_a_list_and_refuses_other_shapes():
+    assert M.join_label_selectors(["a=1", "b=2"]) == "a=1,b=2"
+    assert M.join_label_selectors("a=1") == "a=1"
+    for bad in ({"a": "1"}, ["a=1", 2], None):
+        with pytest.raises(M.ManifestError, match="label_selectors must be a list of key=value strings"):
+            M.join_label_selectors(bad)
 
 
 # -- ManifestRun ---------------------------------------------------------------

@@ -167,13 +167,15 @@ def readiness(obj):
     return None
 
 
-def selector_string(labels):
-    """A label selector from a dict, a list of requirements, or a string."""
-    if isinstance(labels, dict):
-        return ",".join("%s=%s" % (key, value) for key, value in sorted(labels.items()))
-    if isinstance(labels, (list, tuple)):
-        return ",".join(labels)
-    return labels
+def join_label_selectors(requirements):
+    """One label selector from an item's ``label_selectors``: its list of
+    requirements such as ``app=web`` joined with commas (a single string is
+    taken as it is)."""
+    if isinstance(requirements, str):
+        return requirements
+    if isinstance(requirements, (list, tuple)) and all(isinstance(r, str) for r in requirements):
+        return ",".join(requirements)
+    raise ManifestError("label_selectors must be a list of key=value strings, got %r" % (requirements,))
 
 
 class ManifestRun:
@@ -294,9 +296,9 @@ class ManifestRun:
             if resource is None:
                 continue
             obj_ns = (sel.get("namespace") or namespace) if resource.namespaced else None
+            label_selector = join_label_selectors(sel["label_selectors"])
             try:
-                listed = resource.get(namespace=obj_ns, label_selector=selector_string(sel["label_selectors"]),
-                                      serializer=plain)
+                listed = resource.get(namespace=obj_ns, label_selector=label_selector, serializer=plain)
             except Exception as exc:  # the client raises one type per HTTP status
                 raise ManifestError("listing %s to prune: %s" % (sel["kind"], api_error(exc))) from exc
             for item in listed.get("items") or []:
@@ -331,9 +333,10 @@ class ManifestRun:
                 if not items and not self.check_mode:
                     raise ManifestError("cannot wait for %s %s: it does not exist" % (sel["kind"], sel["name"]))
             else:
+                label_selector = join_label_selectors(sel["label_selectors"])
                 try:
-                    items = resource.get(namespace=obj_ns, label_selector=selector_string(sel["label_selectors"]),
-                                         serializer=plain)["items"] or []
+                    listed = resource.get(namespace=obj_ns, label_selector=label_selector, serializer=plain)
+                    items = listed["items"] or []
                 except Exception as exc:  # the client raises one type per HTTP status
                     raise ManifestError("listing %s to wait for: %s" % (sel["kind"], api_error(exc))) from exc
             for item in items:

@@ -93,7 +93,7 @@ def new_pod_name(ew_name, taken, rng=None):
             return name
 
 
-def selector_string(selector):
+def label_selector_to_string(selector):
     """A LabelSelector dict as the string form (what the scale subresource reports)."""
     parts = []
     for key in sorted((selector or {}).get("matchLabels") or {}):
@@ -508,7 +508,7 @@ def status_of(ew, pods, live, states, drains, desired, plan, policy, current_has
         "busy": busy,
         "idle": idle,
         "draining": n_draining,
-        "selector": selector_string(selector),
+        "selector": label_selector_to_string(selector),
         "conditions": conditions,
     }
 
