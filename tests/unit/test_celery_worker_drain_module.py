@@ -28,8 +28,9 @@ def run(collections, args, env_extra=None, tmp_path=None):
     proc = subprocess.run([sys.executable, MODULE, path], env=env, capture_output=True, text=True, timeout=60)
     try:
         return json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError("the module did not answer JSON:\n%s\n%s" % (proc.stdout[-2000:], proc.stderr[-2000:]))
+    except ValueError as exc:
+        raise AssertionError(
+            "the module did not answer JSON:\n%s\n%s" % (proc.stdout[-2000:], proc.stderr[-2000:])) from exc
 
 
 def test_without_broker_url_nor_its_environment_variable_the_module_fails_cleanly(collections, tmp_path):

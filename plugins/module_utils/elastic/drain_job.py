@@ -73,13 +73,14 @@ def _resolve_pods(core_v1, namespace, workers, label_selectors):
             found.setdefault(name, None if pod.metadata.deletion_timestamp else pod.metadata.uid)
         except Exception as exc:
             if getattr(exc, "status", None) != 404:
-                raise DrainJobFailed("cannot read pod %s/%s: %s" % (namespace, name, exc))
+                raise DrainJobFailed("cannot read pod %s/%s: %s" % (namespace, name, exc)) from exc
             found.setdefault(name, None)
     for selector in label_selectors:
         try:
             pods = core_v1.list_namespaced_pod(namespace, label_selector=selector).items
         except Exception as exc:
-            raise DrainJobFailed("cannot list pods in %s with label_selectors %r: %s" % (namespace, selector, exc))
+            raise DrainJobFailed(
+                "cannot list pods in %s with label_selectors %r: %s" % (namespace, selector, exc)) from exc
         for pod in sorted(pods, key=lambda p: p.metadata.name):
             if not pod.metadata.deletion_timestamp:
                 found.setdefault(pod.metadata.name, pod.metadata.uid)
@@ -259,7 +260,7 @@ def run(params, check_mode, core_v1=None, control=None):
         if any(t.exists for t in targets):
             control.connect()  # fail early, before anything changes
     except (CeleryControlError, ValueError) as exc:
-        raise DrainJobFailed("broker_url: %s" % exc, changed=False, workers=[], drained=[])
+        raise DrainJobFailed("broker_url: %s" % exc, changed=False, workers=[], drained=[]) from exc
     try:
         if check_mode:
             changed, entries = check(params, control, store, targets)
@@ -287,7 +288,7 @@ def run(params, check_mode, core_v1=None, control=None):
             if target.key not in entries:
                 entries[target.key] = _from_status(drains[target.key].status, target.pod)
     except DrainError as exc:
-        raise DrainJobFailed("%s; fix or remove the drain record, then run again" % exc)
+        raise DrainJobFailed("%s; fix or remove the drain record, then run again" % exc) from exc
     finally:
         control.close()
     return outcome(params, changed, [entries[t.key] for t in targets])
