@@ -20,7 +20,14 @@ version_added: "0.1.0"
 options:
   autoscale: {description: Also run the ElasticWorkerAutoscaler that targets it (same name)., type: bool, default: true}
 extends_documentation_fragment: [elastic_airflow.cluster.elastic_worker]
-author: elastic_airflow developers
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+author: elastic_airflow developers (@elastic_airflow)
 """
 
 EXAMPLES = r"""
@@ -30,26 +37,86 @@ EXAMPLES = r"""
     namespace: airflow
   check_mode: true
   register: decision
+
+- name: Scale in now (drains idle workers first; busy ones are kept)
+  elastic_airflow.cluster.elastic_worker:
+    name: airflow-worker
+    namespace: airflow
+    autoscale: true
 """
 
 RETURN = r"""
 autoscaler:
-  description: The autoscaler's decision (load in percent, current and desired replicas, reason); absent without one.
+  description: The autoscaler's decision; absent without an ElasticWorkerAutoscaler.
   returned: when autoscale and an ElasticWorkerAutoscaler of that name exists
   type: dict
+  contains:
+    load:
+      description: Measured load in percent of the target (null when it could not be measured).
+      type: float
+      sample: 150.0
+    current:
+      description: Replicas before the decision.
+      type: int
+      sample: 2
+    desired:
+      description: Replicas the autoscaler asks for.
+      type: int
+      sample: 3
+    reason:
+      description: Why, in words (also the autoscaler's status.lastDecision).
+      type: str
+      sample: "load 150.0% > target 100.0%: 2 -> 3"
 plan:
-  description: Pods to create, drain, roll back and delete, the new status, and why scale-in waits.
+  description: What this pass decided.
   returned: always
   type: dict
+  contains:
+    create:
+      description: Worker pods to create.
+      type: list
+      elements: str
+      sample: [airflow-worker-7f3k2]
+    delete:
+      description: Pods to delete now (drained, failed or outdated while idle), with the reason.
+      type: list
+      elements: dict
+      sample: [{"pod": "airflow-worker-x9q2d", "reason": "drained"}]
+    drain:
+      description: Pods whose drain starts (idle workers chosen for scale-in).
+      type: list
+      elements: str
+      sample: [airflow-worker-x9q2d]
+    cancel_drain:
+      description: Pods whose drain is rolled back (load came back).
+      type: list
+      elements: str
+      sample: []
+    status:
+      description: The ElasticWorker status the pass writes.
+      type: dict
+      sample: {"replicas": 3, "desiredReplicas": 3, "readyReplicas": 3, "busy": 2, "idle": 1, "draining": 0}
+    messages:
+      description: Why scale-in waits (condition ScaleInBlocked).
+      type: list
+      elements: str
+      sample: ["scale-in waits: the Celery workers could not be asked"]
+    rollout:
+      description: How a rolling template change stands (condition UpToDate).
+      type: list
+      elements: str
+      sample: []
 actions:
   description: What was done (empty in check mode).
   returned: always
   type: list
   elements: str
+  sample: ["created airflow-worker-7f3k2"]
 drains:
   description: Drain phase per pod being drained.
   returned: always
   type: dict
+  sample: {"airflow-worker-x9q2d": "draining"}
 """
 
 import traceback
@@ -57,35 +124,11 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic_worker_module import (
-    C,
+    ElasticWorkerNotFound,
     argument_spec,
-    read_elastic_worker,
+    reconcile_once,
     require_libraries,
 )
-
-
-def one_pass(module, dry_run):
-    p = module.params
-    kube, caches, ew = read_elastic_worker(module)
-    rec = C.Reconciler(kube, caches, dry_run=dry_run, celery_timeout=p["celery_timeout"])
-    try:
-        result = {}
-        ewa = caches["elasticworkerautoscalers"].get(p["namespace"], p["name"])
-        if p["autoscale"] and ewa is not None:
-            result["autoscaler"] = rec.reconcile_autoscaler(ewa, force=True)
-            ew = caches["elasticworkers"].get(p["namespace"], p["name"])
-            if dry_run and result["autoscaler"].get("desired") is not None:
-                ew = dict(ew, spec=dict(ew["spec"], replicas=result["autoscaler"]["desired"]))
-        report = rec.reconcile_elastic_worker(ew)
-    finally:
-        rec.close()
-    if report.get("failures"):  # the controller backs these off; a one-shot pass reports them
-        raise RuntimeError("; ".join("%s: %s" % item for item in sorted(report["failures"].items())))
-    result.update(plan=report["plan"], actions=report["actions"], drains=report["drains"])
-    autoscaler = result.get("autoscaler")
-    scaled = bool(autoscaler) and autoscaler.get("desired") != autoscaler.get("current")
-    result["changed"] = bool(report["changed"] or scaled)
-    return result
 
 
 def main():
@@ -93,10 +136,13 @@ def main():
                            supports_check_mode=True)
     require_libraries(module)
     try:
-        module.exit_json(**one_pass(module, module.check_mode))
+        result = reconcile_once(module.params, dry_run=module.check_mode)
+    except ElasticWorkerNotFound as exc:
+        module.fail_json(msg=str(exc))
     except Exception as exc:  # report API/broker errors as a failure, not a traceback
         module.fail_json(msg="reconcile of %s failed: %s" % (module.params["name"], exc),
                          exception=traceback.format_exc())
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":
