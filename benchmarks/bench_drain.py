@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO / "plugins" / "module_utils"))
 
 from elastic.celery_control import CeleryControl  # noqa: E402
 from elastic.drain import Drain, MemoryStore  # noqa: E402
+from targets import Targets  # noqa: E402  (benchmarks/, this script's directory)
 
 URL_KEYS = {"redis": "REDIS_URL", "rabbitmq": "RABBITMQ_URL"}
 
@@ -110,8 +111,10 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench-drain-") as tmp:
         for name in args.brokers.split(","):
             worst = max(worst, bench(name.strip(), args.rounds, args.poll_interval, pathlib.Path(tmp)))
-    print("worst idle drain: %.2f s (target <= 5 s): %s" % (worst, "ok" if worst <= 5 else "OVER TARGET"))
+    targets = Targets()
+    targets.at_most("worst idle drain", worst, 5, " s")
+    return targets.exit_code()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
