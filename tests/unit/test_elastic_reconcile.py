@@ -136,11 +136,18 @@ def test_drained_pods_are_deleted_and_not_counted():
     assert p.delete == [("w-b", "drained")] and not p.drain and not p.create
 
 
-def test_drain_in_progress_is_not_doubled():
+def test_drain_in_progress_is_not_doubled_and_is_stepped():
     pods = [pod("w-a"), pod("w-b")]
     p = plan(ew(1), pods, {"w-a": IDLE, "w-b": IDLE}, {"w-b": r.DRAIN_ACTIVE})
     assert not p.changed
     assert p.status["draining"] == 1
+    assert p.step_drain == ["w-b"] and not p.drain
+
+
+def test_a_drain_rolled_back_is_not_also_stepped():
+    pods = [pod("w-a"), pod("w-b")]
+    p = plan(ew(3), pods, {"w-a": IDLE, "w-b": IDLE}, {"w-b": r.DRAIN_ACTIVE})
+    assert p.cancel_drain == ["w-b"] and p.step_drain == []
 
 
 def test_scale_out_rolls_back_drains_before_creating():
@@ -374,7 +381,8 @@ def _simulate(desired, n_old, busy_for, policy=None, max_passes=200):
     """Run plan_elastic_worker pass after pass on a little simulated world.
 
     A new pod is Pending for one pass, then Running and Ready. A drain takes
-    effect the pass after it starts and is done once the worker has no task.
+    effect the pass after it starts, and is done once the worker has no task
+    and a pass stepped it (``plan.step_drain``).
     busy_for: {pod name: passes it stays busy}. Returns the history.
     """
     rng = random.Random(3)
@@ -399,6 +407,9 @@ def _simulate(desired, n_old, busy_for, policy=None, max_passes=200):
         for name in p.drain:
             assert world[name]["drain"] is None
             world[name]["drain"] = r.DRAIN_ACTIVE
+        for name in p.step_drain:  # only a drain the plan steps can finish
+            assert world[name]["drain"] == r.DRAIN_ACTIVE and name not in p.drain + p.cancel_drain
+            world[name]["stepped"] = True
         for name in p.create:
             manifest = r.build_pod(e, name)
             world[name] = {"pod": {"metadata": dict(manifest["metadata"], creationTimestamp="%06d" % clock[0]),
@@ -409,7 +420,7 @@ def _simulate(desired, n_old, busy_for, policy=None, max_passes=200):
                 continue
             w["pod"]["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
             w["busy"] = max(0, w["busy"] - 1)
-            if w["drain"] == r.DRAIN_ACTIVE and w["busy"] == 0:
+            if w["drain"] == r.DRAIN_ACTIVE and w.pop("stepped", False) and w["busy"] == 0:
                 w["drain"] = r.DRAIN_DONE
         serving_ready = [n for n, w in world.items() if not w["drain"]
                          and w["pod"]["status"]["phase"] == "Running"]

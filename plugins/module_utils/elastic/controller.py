@@ -34,6 +34,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections import namedtuple
 
 # Relative: imported as a package (Ansible, python -m elastic.controller).
 from . import kube as K
@@ -45,6 +46,12 @@ from .k8s_store import AnnotationStore, pod_record
 LOG = logging.getLogger("elastic_worker")
 
 DRAIN_POLL_SECONDS = 0.5  # a drain in progress is looked at again this soon
+
+# What one pass of an ElasticWorker decides on: its pods, the pods created but
+# not in the cache yet, the Celery control (None without a broker) and why
+# not, the workers' states ({pod: state}, None when Celery cannot be asked)
+# and the drain records ({pod: DRAIN_ACTIVE | DRAIN_DONE}).
+Observation = namedtuple("Observation", "pods expected control broker_error states drains")
 
 
 # ------------------------------------------------------------------ drain state on cached pods
@@ -346,7 +353,14 @@ class Reconciler:
     # -------------------------------------------------------------- one ElasticWorker
 
     def reconcile_elastic_worker(self, ew):
-        """One pass over one ElasticWorker; returns a report dict.
+        """One pass over one ElasticWorker, in three steps: observe, decide, act. Returns a report dict.
+
+        - observe: one snapshot (the pods, the Celery workers' states, the
+          drain records on the pods);
+        - decide: ``reconcile.plan_elastic_worker``, pure, on that snapshot:
+          pods to create and delete, drains to start, step or roll back;
+        - act: the writes, each fenced by the leader deadline (``Kube.fence``,
+          ``FencedControl``).
 
         A failure of one object (a pod whose drain record cannot be read or
         patched, a pod that cannot be deleted or created) does not stop the
@@ -354,58 +368,41 @@ class Reconciler:
         status says ``Degraded``. ``report["requeue_after"]``: seconds until
         this ElasticWorker wants another pass (inf: none needed).
         """
-        ns, name = ew["metadata"]["namespace"], ew["metadata"]["name"]
-        spec = ew.get("spec") or {}
+        seen = self.observe(ew)
+        plan = R.plan_elastic_worker(ew, seen.pods + seen.expected, seen.states, seen.drains, rng=self.rng)
+        report = {"name": ew["metadata"]["name"], "namespace": ew["metadata"]["namespace"],
+                  "actions": ["broker unknown: %s" % seen.broker_error] if seen.broker_error else [],
+                  "drains": dict((n, "drained" if p == R.DRAIN_DONE else "draining") for n, p in seen.drains.items()),
+                  "failures": {}, "requeue_after": float("inf"), "plan": plan.as_dict(), "changed": plan.changed}
+        if not self.dry_run:
+            self.act(ew, plan, seen, report)
+        return report
+
+    def observe(self, ew):
+        """The snapshot a pass decides on (``Observation``); reads the cache and asks Celery, writes nothing."""
         pods = self.pods_of(ew)
-        expected = self._expected(ew, pods)
-        control = None
-        report = {"name": name, "namespace": ns, "actions": [], "drains": {}, "failures": {},
-                  "requeue_after": float("inf")}
+        control, broker_error = None, None
         try:
-            control = self.control_for(ns, (spec.get("drain") or {}).get("brokerSecretRef"))
+            control = self.control_for(ew["metadata"]["namespace"],
+                                       ((ew.get("spec") or {}).get("drain") or {}).get("brokerSecretRef"))
         except Exception as exc:  # secret missing, bad URL
-            report["actions"].append("broker unknown: %s" % exc)
+            broker_error = str(exc)
         states = self.worker_states(control, pods)
         if states:
             self._fill_concurrency(control, pods, states)
+        # an unreadable record counts as a drain in progress: never delete on a guess
+        drains = dict((p["metadata"]["name"], drain_phase(p)) for p in pods
+                      if drain_phase(p) and not R.pod_terminating(p))
+        return Observation(pods, self._expected(ew, pods), control, broker_error, states, drains)
 
-        # advance the drains in progress (resumes drains begun by another replica)
-        drains = {}
-        for pod in pods:
-            phase = drain_phase(pod)
-            if phase is None or R.pod_terminating(pod):
-                continue
-            pname = pod["metadata"]["name"]
-            if phase == R.DRAIN_ACTIVE and control is not None and not self.dry_run:
-                ok, status = self._isolated(ew, pod["metadata"]["uid"], "drain of %s" % pname, report,
-                                            lambda pod=pod: self._drain_for(ew, pod, control).step())
-                if not ok:  # unreadable record, 5xx on its patch: still draining, never deleted on a guess
-                    report["drains"][pname] = "error"
-                    drains[pname] = R.DRAIN_ACTIVE
-                    continue
-                report["drains"][pname] = status.phase
-                if status.phase == DRAINED:
-                    phase = R.DRAIN_DONE
-                elif status.done:  # restored (timeout), gone, failed
-                    self._drains.pop(pod["metadata"]["uid"], None)
-                    if status.phase != "failed":
-                        phase = None
-                    if status.reason == "timeout":
-                        self._event(ew, "DrainTimedOut", "drain of %s timed out; its consumers were restored" % pname,
-                                    "Warning")
-            else:
-                report["drains"][pname] = "drained" if phase == R.DRAIN_DONE else "draining"
-            if phase:
-                drains[pname] = phase
-
-        plan = R.plan_elastic_worker(ew, pods + expected, states, drains, rng=self.rng)
-        report["plan"] = plan.as_dict()
-        report["changed"] = plan.changed
-        if self.dry_run:
-            return report
-
+    def act(self, ew, plan, seen, report):
+        """Carry out ``plan``: roll back, step and start drains, delete, create, then write the status."""
+        ns = ew["metadata"]["namespace"]
+        control = seen.control
+        cached = dict((name, self.caches["pods"].get(ns, name))
+                      for name in plan.cancel_drain + plan.step_drain + plan.drain + [n for n, _ in plan.delete])
         for pname in plan.cancel_drain:
-            pod = self.caches["pods"].get(ns, pname)
+            pod = cached[pname]
             if pod is None or control is None:
                 continue
 
@@ -415,23 +412,18 @@ class Reconciler:
                 except CeleryControlError as exc:
                     report["actions"].append("rollback of %s failed (retried): %s" % (pod["metadata"]["name"], exc))
             ok, status = self._isolated(ew, pod["metadata"]["uid"], "rollback of %s" % pname, report, cancel)
-            if ok and status is not None:
+            if not ok:  # backs off: no quick requeue for it
+                report["drains"][pname] = "error"
+            elif status is not None:
                 self._drains.pop(pod["metadata"]["uid"], None)
                 report["actions"].append("rolled back the drain of %s" % pname)
-        for pname in plan.drain:
-            pod = self.caches["pods"].get(ns, pname)
-            if control is None or pod is None:
-                continue
-            ok, status = self._isolated(ew, pod["metadata"]["uid"], "drain of %s" % pname, report,
-                                        lambda pod=pod: self._drain_for(ew, pod, control).step())
-            if not ok:
-                continue
-            report["drains"][pname] = status.phase
-            report["actions"].append("drain %s: %s" % (pname, status.phase))
-            if status.done and status.phase != DRAINED:
-                self._drains.pop(pod["metadata"]["uid"], None)
+        # drains in progress first (another replica may have begun them), then the new ones
+        for pname in plan.step_drain + plan.drain:
+            pod = cached[pname]
+            if pod is not None and control is not None:
+                self._step_drain(ew, pod, control, report, started=pname in plan.drain)
         for pname, reason in plan.delete:
-            pod = self.caches["pods"].get(ns, pname)
+            pod = cached[pname]
             if pod is None:
                 continue
             ok, deleted = self._isolated(
@@ -443,29 +435,48 @@ class Reconciler:
             if ok:
                 self._drains.pop(pod["metadata"]["uid"], None)
         if plan.create:
-            expect = self._expect_create.setdefault(ew["metadata"]["uid"], {})
-            created = []
-            for pname in plan.create:
-                ok, _ = self._isolated(ew, "%s/create" % ew["metadata"]["uid"], "create of %s" % pname, report,
-                                       lambda pname=pname: self.kube.create_pod(R.build_pod(ew, pname)))
-                if not ok:
-                    break  # the next pods would most likely fail the same way
-                expect[pname] = time.monotonic() + 30
-                created.append(pname)
-                report["actions"].append("created %s" % pname)
-            if created:
-                self._event(ew, "CreatedPods", "created %s" % ", ".join(created))
-        if report["drains"] and any(p not in ("drained", "gone", "restored", "error")
-                                    for p in report["drains"].values()):
+            self._create_pods(ew, plan.create, report)
+        if any(p not in ("drained", "gone", "restored", "error") for p in report["drains"].values()):
             report["requeue_after"] = min(report["requeue_after"], DRAIN_POLL_SECONDS)
-
         status = dict(plan.status)
         old = ew.get("status") or {}
         conditions = list(status["conditions"]) + [R.degraded_condition(report["failures"])]
         status["conditions"] = R.merge_conditions(old.get("conditions"), conditions, K.now_rfc3339())
         if R.status_differs(old, status):
-            self._patch_status(R.EW_PLURAL, "elasticworkers", ns, name, status)
-        return report
+            self._patch_status(R.EW_PLURAL, "elasticworkers", ns, ew["metadata"]["name"], status)
+
+    def _step_drain(self, ew, pod, control, report, started):
+        """One step of a pod's drain; a drained pod is deleted by the next pass (its record says drained)."""
+        pname, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
+        ok, status = self._isolated(ew, uid, "drain of %s" % pname, report,
+                                    lambda: self._drain_for(ew, pod, control).step())
+        if not ok:  # unreadable record, 5xx on its patch: still draining, never deleted on a guess
+            report["drains"][pname] = "error"
+            return
+        report["drains"][pname] = status.phase
+        if started:
+            report["actions"].append("drain %s: %s" % (pname, status.phase))
+        if status.done and status.phase != DRAINED:  # restored (timeout), gone, failed
+            self._drains.pop(uid, None)
+            if status.reason == "timeout":
+                self._event(ew, "DrainTimedOut", "drain of %s timed out; its consumers were restored" % pname,
+                            "Warning")
+        elif status.phase == DRAINED:
+            report["requeue_after"] = min(report["requeue_after"], DRAIN_POLL_SECONDS)
+
+    def _create_pods(self, ew, names, report):
+        expect = self._expect_create.setdefault(ew["metadata"]["uid"], {})
+        created = []
+        for pname in names:
+            ok, _ = self._isolated(ew, "%s/create" % ew["metadata"]["uid"], "create of %s" % pname, report,
+                                   lambda pname=pname: self.kube.create_pod(R.build_pod(ew, pname)))
+            if not ok:
+                break  # the next pods would most likely fail the same way
+            expect[pname] = time.monotonic() + 30
+            created.append(pname)
+            report["actions"].append("created %s" % pname)
+        if created:
+            self._event(ew, "CreatedPods", "created %s" % ", ".join(created))
 
     def _patch_status(self, plural, cache, ns, name, status):
         """Write a status and the returned object through to the cache; an object gone meanwhile is no error."""

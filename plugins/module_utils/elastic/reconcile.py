@@ -239,6 +239,7 @@ class Plan:
         self.create = []  # pod names to create
         self.delete = []  # (pod name, reason) to delete now (no drain needed)
         self.drain = []  # pod names whose drain starts
+        self.step_drain = []  # pod names whose drain in progress is advanced
         self.cancel_drain = []  # pod names whose drain is rolled back
         self.status = {}
         self.messages = []  # why scale-in waits (condition ScaleInBlocked)
@@ -253,6 +254,7 @@ class Plan:
             "create": list(self.create),
             "delete": [{"pod": n, "reason": r} for n, r in self.delete],
             "drain": list(self.drain),
+            "step_drain": list(self.step_drain),
             "cancel_drain": list(self.cancel_drain),
             "status": self.status,
             "messages": list(self.messages),
@@ -338,6 +340,8 @@ def plan_elastic_worker(ew, pods, workers, drains, now=None, rng=None):
         _plan_scale_in(plan, policy, policy_spec, serving, states, len(serving) - desired, celery_known,
                        current_hash)
 
+    # every drain in progress that is not rolled back advances (the act step drives it)
+    plan.step_drain = [p["metadata"]["name"] for p in draining if p["metadata"]["name"] not in plan.cancel_drain]
     if outdated and not plan.rollout:
         plan.rollout.append("%d outdated pod(s) wait for the scale-in in progress" % len(outdated))
     plan.status = status_of(ew, pods, live, states, drains, desired, plan, policy, current_hash)
