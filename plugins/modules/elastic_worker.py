@@ -87,6 +87,11 @@ plan:
       type: list
       elements: str
       sample: [airflow-worker-x9q2d]
+    step_drain:
+      description: Pods whose drain in progress is advanced (a drain that finishes is deleted by the next pass).
+      type: list
+      elements: str
+      sample: [airflow-worker-k2m8s]
     cancel_drain:
       description: Pods whose drain is rolled back (load came back).
       type: list
