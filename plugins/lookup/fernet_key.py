@@ -9,7 +9,7 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 name: fernet_key
-author: elastic_airflow developers
+author: elastic_airflow developers (@elastic_airflow)
 short_description: A new Fernet key, from 32 random bytes
 description:
   - Returns a new Fernet key (Airflow's C([core] fernet_key)), the url-safe

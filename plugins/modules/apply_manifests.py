@@ -32,7 +32,7 @@ description:
   - Never returns object contents. Diffs show a Secret's keys, never its values, and an API
     error about a Secret is reduced to its HTTP status, so the task needs no C(no_log).
 version_added: "0.2.0"
-author: elastic_airflow developers
+author: elastic_airflow developers (@elastic_airflow)
 extends_documentation_fragment:
   - kubernetes.core.k8s_auth_options
 options:
@@ -109,9 +109,13 @@ options:
     type: path
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
+    details: Every apply is a server-side dry run; see the description for what cannot be dry-run.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
+    details: A Secret's diff shows its keys, never its values.
 notes:
   - Needs the C(kubernetes) Python package on the controller, and the kubernetes.core collection.
   - O(kubeconfig) and O(context) default to C(elastic_airflow_kubeconfig) and

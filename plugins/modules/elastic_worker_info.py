@@ -73,7 +73,7 @@ workers:
       sample: idle
     active: {description: Tasks it runs now (null when unknown)., type: int, sample: 0}
     reserved: {description: Tasks it prefetched (null when unknown)., type: int, sample: 0}
-    drain: {description: Its drain phase, null when no drain is recorded., type: str, sample: null}
+    drain: {description: "Its drain phase; null when no drain is recorded.", type: str, sample: null}
 pending_drains:
   description: Pods with a drain record, and its phase (C(unreadable) when the record cannot be parsed).
   returned: always
