@@ -1,0 +1,190 @@
+"""Fixtures of the unit tests: the collection's manifests as its roles render
+them, without a cluster.
+
+Ansible renders them, one inventory host per variant of settings: a playbook
+loads every role's defaults/ and vars/ and then the variant's settings over
+them (include_vars: the later file wins), runs the entry points that only
+set facts (git_sync `pod`, monitoring and metrics_adapter `render`, airflow
+`worker_pod_template`), and templates each layer's manifests with role_path
+set to that role, as apply_manifests does. Rendered: each layer's objects but
+the Secrets (which need values read from the cluster), and each layer's
+NetworkPolicies and PodDisruptionBudgets (the base role's isolation.yaml.j2
+with the `elastic_airflow_isolation` its apply task passes; LAYERS repeats
+those tasks' template lists and vars).
+
+These are the objects the roles would apply. Whether a cluster admits or
+enforces them is for tests/integration/playbooks and the real node.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROLES = ROOT / "roles"
+
+# Layer -> (templates, the elastic_airflow_isolation its apply task passes), as in roles/<layer>/tasks/main.yml.
+LAYERS = {
+    "namespace": ("['namespace.yaml.j2', 'serviceaccounts.yaml.j2']"
+                  " + (['network-policies.yaml.j2'] if elastic_airflow_network_policies else [])",
+                  "{'layer': 'namespace', 'flows': namespace_network_flows, 'budgets': {}}"),
+    "database": ("[] if database_engine == 'external' else ['service.yaml.j2', 'statefulset.yaml.j2']",
+                 "{'layer': 'database', 'flows': database_network_flows,"
+                 " 'budgets': {} if database_engine == 'external' else {'database': database_disruption_budget}}"),
+    "broker": ("[] if broker_engine == 'external' else ['service.yaml.j2', 'statefulset.yaml.j2']"
+               " + (['configmap.yaml.j2'] if broker_engine == 'rabbitmq' else [])",
+               "{'layer': 'broker', 'flows': broker_network_flows, 'budgets': {}}"),
+    "airflow": ("['airflow-env.yaml.j2', 'migrate-job.yaml.j2'] + airflow_component_templates",
+                "{'layer': 'airflow', 'flows': airflow_network_flows, 'budgets': airflow_disruption_budgets}"),
+    "monitoring": ("['rbac.yaml.j2', 'prometheus.yaml.j2', 'statsd-exporter.yaml.j2', 'kube-state-metrics.yaml.j2',"
+                   " 'grafana.yaml.j2']",
+                   "{'layer': 'monitoring', 'flows': monitoring_network_flows, 'budgets': {}}"),
+    "metrics_adapter": ("['rbac.yaml.j2', 'adapter.yaml.j2']",
+                        "{'layer': 'metrics_adapter', 'flows': metrics_adapter_network_flows, 'budgets': {}}"),
+    "elastic_worker": ("['controller-rbac.yaml.j2', 'controller.yaml.j2'] + elastic_worker_cr_templates"
+                       " if elastic_airflow_worker_autoscaling == 'elastic' else []",
+                       "{'layer': 'elastic_worker', 'flows': elastic_worker_network_flows, 'budgets': {}}"),
+}
+
+
+def _playbook(out: pathlib.Path) -> str:
+    var_files = [str(p) for role in sorted(ROLES.iterdir())
+                 for p in (role / "defaults/main.yml", role / "vars/main.yml") if p.exists()]
+    variant_file = f"{out}/{{{{ inventory_hostname }}}}.json"
+    tasks = [
+        {"name": "Load every role's defaults and vars, then the variant's settings",
+         "ansible.builtin.include_vars": "{{ item }}", "loop": var_files + [variant_file]},
+        {"name": "Set git_sync_pod",
+         "ansible.builtin.include_role": {"name": "elastic_airflow.cluster.git_sync", "tasks_from": "pod"},
+         "vars": {"elastic_airflow_validated_layers": ["git_sync"]}},
+        {"name": "Render the monitoring configuration",
+         "ansible.builtin.include_role": {"name": "elastic_airflow.cluster.monitoring", "tasks_from": "render"}},
+        {"name": "Render the metrics adapter configuration",
+         "ansible.builtin.include_role": {"name": "elastic_airflow.cluster.metrics_adapter", "tasks_from": "render"}},
+        {"name": "Set airflow_worker_pod_template",
+         "ansible.builtin.include_role": {"name": "elastic_airflow.cluster.airflow",
+                                          "tasks_from": "worker_pod_template"}},
+    ]
+    for layer, (templates, isolation) in LAYERS.items():
+        role = str(ROLES / layer)
+        paths = f"({templates}) | map('regex_replace', '^', '{role}/templates/') | list"
+        paths += f" + ['{ROLES}/elastic_airflow/templates/isolation.yaml.j2']"
+        tasks.append({
+            "name": f"Render the {layer} layer",
+            "ansible.builtin.set_fact": {
+                "rendered": "{{ rendered | default({}) | combine({'" + layer + "': content}) }}"},
+            "vars": {"airflow_migrate_job_name": "airflow-migrate-rendered",
+                     "content": "{% for path in " + paths + " %}---\n{{ lookup('ansible.builtin.template', path,"
+                                " template_vars={'role_path': '" + role + "', 'ansible_search_path': ['" + role + "'],"
+                                " 'elastic_airflow_isolation': " + isolation + "}) }}\n{% endfor %}"},
+        })
+    # One module call per host: a copy for each layer would cost a second each.
+    tasks.append({"name": "Write them out", "ansible.builtin.copy": {
+        "dest": f"{out}/{{{{ inventory_hostname }}}}.rendered.json", "content": "{{ rendered | to_json }}",
+        "mode": "0600"}})
+    return json.dumps([{"name": "Render the manifests", "hosts": "all", "connection": "local",
+                        "gather_facts": False, "tasks": tasks}])
+
+
+def render(variants: dict[str, dict]) -> dict[str, dict[str, list[dict]]]:
+    """{variant: {layer: [object, ...]}}: what the roles render with each variant's settings.
+    One ansible-playbook per CPU, side by side (a run templates mostly in one process)."""
+    processes = min(len(variants), os.cpu_count() or 1)
+    groups = [dict(list(variants.items())[i::processes]) for i in range(processes)]
+    with concurrent.futures.ThreadPoolExecutor(len(groups)) as pool:
+        return {name: layers for result in pool.map(_render, groups) for name, layers in result.items()}
+
+
+def _render(variants: dict[str, dict]) -> dict[str, dict[str, list[dict]]]:
+    with tempfile.TemporaryDirectory(prefix="elastic-airflow-render-") as tmp:
+        tmp = pathlib.Path(tmp)
+        collection = tmp / "collections/ansible_collections/elastic_airflow"
+        collection.mkdir(parents=True)
+        (collection / "cluster").symlink_to(ROOT)
+        out = tmp / "out"
+        out.mkdir()
+        for name, settings in variants.items():
+            (out / f"{name}.json").write_text(json.dumps(settings))
+        (tmp / "render.yml").write_text(_playbook(out))
+        ansible_playbook = (shutil.which("ansible-playbook")
+                            or str(pathlib.Path(sys.executable).parent / "ansible-playbook"))
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(tmp / "collections"), ANSIBLE_NOCOLOR="1")
+        run = subprocess.run([ansible_playbook, "-i", ",".join(variants) + ",", "--forks", str(len(variants)),
+                              str(tmp / "render.yml"), "-e", f"ansible_python_interpreter={sys.executable}"],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+        texts = {name: json.loads((out / f"{name}.rendered.json").read_text()) for name in variants}
+        return {name: {layer: [doc for doc in yaml.safe_load_all(text) if doc] for layer, text in layers.items()}
+                for name, layers in texts.items()}
+
+
+SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot a key\n-----END OPENSSH PRIVATE KEY-----"
+
+# Settings that between them render every kind of pod and every flow: each
+# engine and broker, each git_sync mode, each autoscaling mode, remote logs,
+# the adapter's and the controller's Prometheus elsewhere, the allow lists.
+VARIANTS = {
+    # postgresql, redis, DAGs in the image, elastic workers, monitoring, Flower
+    "defaults": {},
+    "mysql-rabbitmq-git-ssh-hpa-s3": {
+        "database_engine": "mysql", "broker_engine": "rabbitmq",
+        "git_sync_mode": "git", "git_sync_repo": "git@github.com:example/dags.git", "git_sync_auth": "ssh",
+        "git_sync_ssh_private_key": SSH_KEY, "git_sync_ssh_known_hosts": "github.com ssh-ed25519 AAAAC3Nz",
+        "elastic_airflow_worker_autoscaling": "hpa", "airflow_flower_enabled": False,
+        "airflow_remote_logging": "s3", "airflow_remote_logging_s3_folder": "s3://logs/airflow",
+        "airflow_ingress_enabled": True, "airflow_ingress_host": "airflow.example.com",
+        "airflow_image_pull_secrets": ["regcred"],
+        "airflow_worker_extra_volumes": [{"name": "out", "persistentVolumeClaim": {"claimName": "out"}}],
+        "airflow_worker_extra_volume_mounts": [{"name": "out", "mountPath": "/out"}],
+    },
+    "external-pvc-none-elasticsearch": {
+        "database_engine": "external", "database_external_secret": "db",
+        "database_external_peers": [{"ipBlock": {"cidr": "10.0.5.10/32"}}],
+        "broker_engine": "external", "broker_external_secret": "broker", "broker_external_port": 5672,
+        "git_sync_mode": "pvc", "elastic_airflow_worker_autoscaling": "none",
+        "airflow_remote_logging": "elasticsearch", "airflow_remote_logging_elasticsearch_host": "https://es.example.com:9243",
+        "metrics_adapter_prometheus_url": "http://prometheus.monitoring.svc:9090",
+    },
+    "git-https-prometheus-allow-lists": {
+        "git_sync_mode": "git", "git_sync_repo": "https://git.example.com:8443/org/dags.git", "git_sync_auth": "https",
+        "git_sync_https_username": "bot", "git_sync_https_token": "t0ken",
+        "elastic_worker_metric": "prometheus", "elastic_worker_prometheus_url": "http://prometheus.example.com:9091",
+        "elastic_worker_prometheus_query": "sum(airflow_executor_running_tasks)",
+        "namespace_pod_launcher_rbac": False,
+        "elastic_airflow_network_ui_peers": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}],
+        "elastic_airflow_network_kubernetes_api_peers": [{"ipBlock": {"cidr": "198.18.0.1/32"}}],
+        "elastic_airflow_network_extra_flows": [
+            {"name": "tasks-https", "from": ["worker"], "to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}],
+             "ports": [{"port": 443}]}],
+        "elastic_airflow_network_extra_policies": [
+            {"name": "scrape-flower", "spec": {
+                "podSelector": {"matchLabels": {"app.kubernetes.io/component": "flower"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"namespaceSelector": {
+                                 "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                             "ports": [{"port": 5555}]}]}}],
+    },
+    "policies-off-baseline-budgets": {
+        "elastic_airflow_network_policies": False,
+        "namespace_pod_security_enforce": "baseline", "namespace_pod_security_warn": "",
+        "airflow_api_server_disruption_budget": {"minAvailable": "50%"}, "airflow_scheduler_disruption_budget": {},
+        "database_disruption_budget": {"maxUnavailable": 0},
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def rendered() -> dict[str, dict[str, list[dict]]]:
+    """{variant: {layer: [object, ...]}} for every variant of VARIANTS."""
+    return render(VARIANTS)
