@@ -96,7 +96,7 @@ def mentioned_variables(root=ROOT):
     """Every name with a role's prefix that the roles and playbooks mention anywhere (set_fact, vars, templates)."""
     names = set()
     for top in ("roles", "playbooks"):
-        for dirpath, _, files in os.walk(os.path.join(root, top)):
+        for dirpath, _unused, files in os.walk(os.path.join(root, top)):
             for name in files:
                 if name.endswith((".yml", ".yaml", ".j2")):
                     with open(os.path.join(dirpath, name)) as fh:

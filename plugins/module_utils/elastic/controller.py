@@ -89,22 +89,23 @@ class CachedPodStore(AnnotationStore):
             return None
         return pod_record(pod)
 
-    def _version(self, worker):
-        pod = self._pod(worker)
-        return pod["metadata"].get("resourceVersion") if pod else None
+    # AnnotationStore's hooks, with its parameter names (pod: the pod's name).
+    def _version(self, pod):
+        cached = self._pod(pod)
+        return cached["metadata"].get("resourceVersion") if cached else None
 
-    def _reread(self, worker):
-        pod = self.kube.read_pod(self.namespace, worker)
-        if pod is not None:
-            self.cache.update(pod)
+    def _reread(self, pod):
+        fresh = self.kube.read_pod(self.namespace, pod)
+        if fresh is not None:
+            self.cache.update(fresh)
 
-    def _send(self, worker, annotations, resource_version):
-        return self.kube.patch_pod_annotations(self.namespace, worker, annotations, resource_version=resource_version)
+    def _send(self, pod, annotations, resource_version):
+        return self.kube.patch_pod_annotations(self.namespace, pod, annotations, resource_version=resource_version)
 
-    def _patch(self, worker, value):
-        if self._pod(worker) is None:
-            raise WorkerGone(worker)
-        self.cache.update(super()._patch(worker, value))
+    def _patch(self, pod, value):
+        if self._pod(pod) is None:
+            raise WorkerGone(pod)
+        self.cache.update(super()._patch(pod, value))
 
     def exists(self, worker):
         return self._pod(worker) is not None
@@ -400,7 +401,7 @@ class Reconciler:
         ns = ew["metadata"]["namespace"]
         control = seen.control
         cached = dict((name, self.caches["pods"].get(ns, name))
-                      for name in plan.cancel_drain + plan.step_drain + plan.drain + [n for n, _ in plan.delete])
+                      for name in plan.cancel_drain + plan.step_drain + plan.drain + [n for n, _unused in plan.delete])
         for pname in plan.cancel_drain:
             pod = cached[pname]
             if pod is None or control is None:
@@ -468,8 +469,8 @@ class Reconciler:
         expect = self._expect_create.setdefault(ew["metadata"]["uid"], {})
         created = []
         for pname in names:
-            ok, _ = self._isolated(ew, "%s/create" % ew["metadata"]["uid"], "create of %s" % pname, report,
-                                   lambda pname=pname: self.kube.create_pod(R.build_pod(ew, pname)))
+            ok, _unused = self._isolated(ew, "%s/create" % ew["metadata"]["uid"], "create of %s" % pname, report,
+                                         lambda pname=pname: self.kube.create_pod(R.build_pod(ew, pname)))
             if not ok:
                 break  # the next pods would most likely fail the same way
             expect[pname] = time.monotonic() + 30
@@ -678,7 +679,7 @@ class Health(threading.Thread):
     def run(self):
         while True:
             try:
-                conn, _ = self.sock.accept()
+                conn, _unused = self.sock.accept()
             except OSError:
                 return
             try:

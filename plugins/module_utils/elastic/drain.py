@@ -391,7 +391,7 @@ class Drain:
         """
         if self.status.done:
             return self.status
-        for _ in range(self.max_conflicts):
+        for _i in range(self.max_conflicts):
             try:
                 return self._step()
             except Conflict as exc:
@@ -544,7 +544,7 @@ class Drain:
         when there is no record. Raises CeleryControlError if the worker cannot
         be told (the record then stays in ``restoring`` for a retry).
         """
-        for _ in range(self.max_conflicts - 1):
+        for _i in range(self.max_conflicts - 1):
             try:
                 return self._abort(reason)
             except Conflict as exc:

@@ -617,7 +617,7 @@ class LeaderElector:
         lease_duration, renew_deadline, retry_period = float(lease_duration), float(renew_deadline), float(retry_period)
         if retry_period <= 0:
             raise ValueError("retry_period must be > 0, got %r" % retry_period)
-        if not lease_duration > renew_deadline:
+        if lease_duration <= renew_deadline:
             raise ValueError("lease_duration (%s) must be greater than renew_deadline (%s)"
                              % (lease_duration, renew_deadline))
         if not renew_deadline > self.JITTER_FACTOR * retry_period:

@@ -88,7 +88,7 @@ def new_pod_name(ew_name, taken, rng=None):
     # (63): keep the whole name a label so ``celery@<pod name>`` == hostname.
     base = ew_name[: 63 - 6]
     while True:
-        name = base + "-" + "".join(rng.choice(_SUFFIX_ALPHABET) for _ in range(5))
+        name = base + "-" + "".join(rng.choice(_SUFFIX_ALPHABET) for _i in range(5))
         if name not in taken:
             return name
 
@@ -329,7 +329,7 @@ def plan_elastic_worker(ew, pods, workers, drains, now=None, rng=None):
         for pod in sorted(draining, key=_candidate_order, reverse=True)[:missing]:
             plan.cancel_drain.append(pod["metadata"]["name"])
         missing -= len(plan.cancel_drain)
-        for _ in range(missing):
+        for _i in range(missing):
             pname = new_pod_name(name, taken, rng)
             taken.add(pname)
             plan.create.append(pname)
@@ -368,7 +368,7 @@ def _plan_rollout(plan, name, taken, rng, serving, outdated, updated, draining, 
     if unstarted:
         for pod in unstarted:
             plan.delete.append((pod["metadata"]["name"], "outdated pod that never started"))
-        for _ in range(desired - (len(serving) - len(unstarted))):
+        for _i in range(desired - (len(serving) - len(unstarted))):
             pname = new_pod_name(name, taken, rng)
             taken.add(pname)
             plan.create.append(pname)
@@ -415,10 +415,11 @@ def _plan_scale_in(plan, policy, policy_spec, serving, states, excess, celery_kn
     for pod in sorted(unstarted, key=_candidate_order, reverse=True)[:excess]:
         plan.delete.append((pod["metadata"]["name"], "scale-in of a pod that never started"))
         excess -= 1
-    gone = set(n for n, _ in plan.delete)
+    gone = set(n for n, _unused in plan.delete)
     rest = [p for p in serving if p["metadata"]["name"] not in gone]
     if excess <= 0:
         return
+
     def outdated_first(pods):  # stable: keeps the newest-first order within each group
         pods.sort(key=lambda p: not pod_outdated(p, current_hash) if current_hash else False)
 
