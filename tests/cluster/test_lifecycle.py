@@ -26,6 +26,8 @@ NODE_PORTS = [PORT_BASE + i for i in range(5, 9)]
 UP_BOUND_S = 120  # generous: warm caches take a fraction of it
 BRIDGE = "eacluster0"
 NODE_IP_HEX = "010012C6"  # 198.18.0.1 as /proc/net/tcp writes it
+
+
 def listening_ports() -> set[int]:
     ports = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -87,13 +89,14 @@ def running(pid: int) -> bool:
 
 
 def run(env, *args, timeout=300):
-    return subprocess.run([str(CLUSTER_SH), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([str(CLUSTER_SH), *args], env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def host_snapshot() -> dict[str, object]:
     """What a node may change on this machine, outside the cluster's state and cache dirs."""
     def out(*cmd):
-        return subprocess.run(cmd, capture_output=True, text=True).stdout
+        return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
 
     sysctls = {k: pathlib.Path("/proc/sys/" + k.replace(".", "/")).read_text().strip()
                for k in ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables", "vm.overcommit_memory",

@@ -49,7 +49,7 @@ def wait_ready(core, name, namespace, timeout=90):
 
 
 def kubectl(*args, timeout=60, **kw):
-    return subprocess.run(kubectl_cmd(*args), capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run(kubectl_cmd(*args), capture_output=True, text=True, timeout=timeout, check=False, **kw)
 
 
 def free_port():
@@ -207,8 +207,8 @@ def _run_to_end(core, namespace, body, timeout=90):
 def test_volume_on_the_real_node_keeps_data_across_pods_and_is_wiped_on_release(api, namespace):
     core = client.CoreV1Api(api)
     _claim(core, namespace, "data")
-    write = _with_claim("writer", "data", container("main", ["sh", "-c", "id -g >/data/gid; echo kept >/data/f; "
-                                                                        "stat -c %g /data"]), restartPolicy="Never")
+    script = "id -g >/data/gid; echo kept >/data/f; stat -c %g /data"
+    write = _with_claim("writer", "data", container("main", ["sh", "-c", script]), restartPolicy="Never")
     log = _run_to_end(core, namespace, write)
     assert log.strip() == "999", "fsGroup applied to the volume: " + log
     pv_name = core.read_namespaced_persistent_volume_claim("data", namespace).spec.volume_name

@@ -113,7 +113,7 @@ def test_ping_maps_replies():
     c, app = client()
     app.control.replies["ping"] = [{H: {"ok": "pong"}}]
     assert c.ping([H, "celery@w-1", H]) == {H: True, "celery@w-1": False}
-    _, _, kw = app.control.sent[-1]
+    _unused, _unused, kw = app.control.sent[-1]
     assert kw["destination"] == [H, "celery@w-1"] and kw["limit"] == 2 and kw["timeout"] == 0.5
     app.control.replies["ping"] = None
     assert c.ping(H) == {H: False}
@@ -136,7 +136,7 @@ def test_workload_collects_ids_and_skips_silent_workers():
     assert load.counts() == {"active": 1, "reserved": 1, "scheduled": 1}
     assert cc.WorkerLoad().idle
     inspects = [s for s in app.control.sent if s[0] == "inspect"]
-    assert all(kw["limit"] == 2 and kw["connection"] is app.conn for _, _, kw in inspects)
+    assert all(kw["limit"] == 2 and kw["connection"] is app.conn for _unused, _unused, kw in inspects)
 
 
 def test_workload_none_reply_is_empty():
@@ -168,7 +168,7 @@ def test_cancel_consumer_ok_noreply_and_error():
     app.control.replies["cancel_consumer"] = [{H: {"ok": "no longer consuming from default"}}]
     c.cancel_consumer(H, ["default", {"name": "other"}])
     calls = [s for s in app.control.sent if s[0] == "cancel_consumer"]
-    assert [a[0] for _, a, _ in calls] == ["default", "other"]
+    assert [a[0] for _unused, a, _unused in calls] == ["default", "other"]
     assert calls[0][2]["destination"] == [H] and calls[0][2]["reply"] is True and calls[0][2]["limit"] == 1
     app.control.replies["cancel_consumer"] = [{"celery@else": {"ok": "x"}}]
     with pytest.raises(cc.NoReply):
@@ -339,7 +339,7 @@ def test_concurrency_reads_pool_size_of_answering_workers():
     app.control.inspect_data = {"stats": {H: {"pool": {"max-concurrency": 16}}, "celery@w-1": {"pool": {}},
                                           "celery@w-2": "junk"}}
     assert c.concurrency([H, "celery@w-1", "celery@w-2", "celery@w-3"]) == {H: 16}
-    _, _, kw = [s for s in app.control.sent if s[0] == "inspect"][-1]
+    _unused, _unused, kw = [s for s in app.control.sent if s[0] == "inspect"][-1]
     assert kw["destination"] == [H, "celery@w-1", "celery@w-2", "celery@w-3"] and kw["limit"] == 4
     app.control.inspect_data = {}
     assert c.concurrency(H) == {}
@@ -382,7 +382,7 @@ class QueueConn(FakeConn):
 
 def test_queue_length_sums_known_queues_and_counts_missing_ones_as_empty():
     conn = QueueConn({"default": 3, "high": 2})
-    c, _ = client(conn=conn)
+    c, _unused = client(conn=conn)
     assert c.queue_length(["default", "missing", "high", "default"]) == 5
     # one channel per queue (AMQP closes the channel of a failed passive declare), all closed
     assert len(conn.channels) == 3 and all(ch.closed for ch in conn.channels)
@@ -392,13 +392,13 @@ def test_queue_length_sums_known_queues_and_counts_missing_ones_as_empty():
 
 def test_queue_length_maps_a_lost_broker_and_keeps_other_errors():
     conn = QueueConn({}, declare_error=ConnErr("reset"))
-    c, _ = client(conn=conn)
+    c, _unused = client(conn=conn)
     with pytest.raises(cc.BrokerUnreachable, match="lost the Celery broker"):
         c.queue_length(["default"])
     assert conn.released == 1  # the connection is dropped and made again next time
-    c, _ = client(conn=QueueConn({}, declare_error=KeyError("bug")))
+    c, _unused = client(conn=QueueConn({}, declare_error=KeyError("bug")))
     with pytest.raises(KeyError):
         c.queue_length(["default"])
-    c, _ = client(conn=FakeConn(fail=ConnErr("refused")))
+    c, _unused = client(conn=FakeConn(fail=ConnErr("refused")))
     with pytest.raises(cc.BrokerUnreachable, match="cannot reach"):
         c.queue_length(["default"])

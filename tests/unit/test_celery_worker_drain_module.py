@@ -25,7 +25,8 @@ def run(collections, args, env_extra=None, tmp_path=None):
         json.dump({"ANSIBLE_MODULE_ARGS": args}, fh)
     env = dict((k, v) for k, v in os.environ.items() if k != "ELASTIC_AIRFLOW_BROKER_URL")
     env.update(env_extra or {}, PYTHONPATH=collections)
-    proc = subprocess.run([sys.executable, MODULE, path], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, MODULE, path], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
     try:
         return json.loads(proc.stdout)
     except ValueError as exc:

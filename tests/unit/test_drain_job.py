@@ -125,7 +125,7 @@ def test_targets_keep_the_given_order_without_duplicates_and_a_missing_or_termin
 
 def test_a_pod_api_error_other_than_404_fails_the_run():
     api = FakeCoreV1()
-    api.read_namespaced_pod = lambda name, ns: (_ for _ in ()).throw(ApiError(403))
+    api.read_namespaced_pod = lambda name, ns: (_unused for _unused in ()).throw(ApiError(403))
     with pytest.raises(job.DrainJobFailed, match="cannot read pod airflow/w-0: HTTP 403"):
         job.run(params(workers=["w-0"]), False, api, FakeControl())
 

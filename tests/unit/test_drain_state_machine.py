@@ -131,20 +131,20 @@ def test_busy_worker_waits_for_active_reserved_and_scheduled():
 
 def test_idle_streak_resets_when_work_appears():
     loads = [WorkerLoad(), busy("x"), WorkerLoad(), WorkerLoad()]
-    dr, ctl, _, _ = make(loads=loads)
+    dr, ctl, _unused, _unused = make(loads=loads)
     st = dr.run()
     assert st.phase == "drained"
     assert ctl.calls.count("workload") == 4
 
 
 def test_settle_polls_one_drains_on_first_idle_poll():
-    dr, ctl, _, _ = make(settle_polls=1)
+    dr, ctl, _unused, _unused = make(settle_polls=1)
     st = dr.step()
     assert st.phase == "drained"
 
 
 def test_restarted_worker_consuming_again_is_cancelled_again():
-    dr, ctl, store, _ = make()
+    dr, ctl, store, _unused = make()
     dr.step()  # cancelled, first idle poll
     ctl.consuming = list(Q)  # the worker restarted and consumes again
     st = dr.step()
@@ -155,8 +155,8 @@ def test_restarted_worker_consuming_again_is_cancelled_again():
 
 
 def test_no_reply_to_inspect_is_never_idle():
-    dr, ctl, _, _ = make(loads=[None, None, None])
-    for _ in range(3):
+    dr, ctl, _unused, _unused = make(loads=[None, None, None])
+    for _i in range(3):
         st = dr.step()
         assert st.phase == "draining"
         assert "did not answer" in st.error
@@ -187,7 +187,7 @@ def test_deadline_passed_while_cancelling_rolls_back():
 
 
 def test_abort_in_progress():
-    dr, ctl, store, _ = make(loads=[busy("a")] * 5)
+    dr, ctl, store, _unused = make(loads=[busy("a")] * 5)
     dr.step()
     st = dr.abort()
     assert st.phase == "restored" and st.reason == "aborted"
@@ -196,21 +196,21 @@ def test_abort_in_progress():
 
 
 def test_abort_drained_worker_restores():
-    dr, ctl, store, _ = make()
+    dr, ctl, store, _unused = make()
     dr.run()
     st = d.Drain(ctl, store, "w-0", hostname=H).abort()
     assert st.phase == "restored" and [q.name for q in ctl.consuming] == ["default"]
 
 
 def test_abort_without_record_is_noop():
-    dr, ctl, store, _ = make()
+    dr, ctl, store, _unused = make()
     st = dr.abort()
     assert st.phase == "restored" and st.reason == "nothing to roll back"
     assert ctl.calls == []
 
 
 def test_abort_of_gone_worker():
-    dr, ctl, store, _ = make(store=RecordingStore(gone=["w-0"]))
+    dr, ctl, store, _unused = make(store=RecordingStore(gone=["w-0"]))
     assert dr.abort().phase == "gone"
 
 
@@ -223,7 +223,7 @@ def test_abort_when_store_reports_gone_during_put():
 
 
 def test_abort_restore_failure_raises_and_keeps_record():
-    dr, ctl, store, _ = make(loads=[busy("a")] * 5)
+    dr, ctl, store, _unused = make(loads=[busy("a")] * 5)
     dr.step()
     ctl.fail["add"] = [NoReply(H, "add_consumer", 1)]
     with pytest.raises(NoReply):
@@ -247,7 +247,7 @@ def test_restore_failures_of_a_vanished_worker_end_gone():
     store = RecordingStore()
     dr, ctl, store, clock = make(loads=[busy("a")] * 100, timeout=3, max_restore_attempts=2, store=store)
     ctl.fail["add"] = [NoReply(H, "add_consumer", 1)] * 10
-    for _ in range(4):
+    for _i in range(4):
         dr.step()
         clock.t += 1
     store.gone.add("w-0")
@@ -293,7 +293,7 @@ def test_resume_after_deadline_rolls_back(phase):
 def test_resume_drained_is_idempotent():
     store = RecordingStore()
     store.put("w-0", _record("drained", drained_at=995.0))
-    dr, ctl, store, _ = make(store=store)
+    dr, ctl, store, _unused = make(store=store)
     st = dr.step()
     assert st.phase == "drained" and st.finished == 995.0 and st.resumed
     assert ctl.calls == []
@@ -302,14 +302,14 @@ def test_resume_drained_is_idempotent():
 def test_resume_restoring_finishes_rollback():
     store = RecordingStore()
     store.put("w-0", _record("restoring", reason="aborted"))
-    dr, ctl, store, _ = make(store=store, queues=[])
+    dr, ctl, store, _unused = make(store=store, queues=[])
     st = dr.step()
     assert st.phase == "restored" and st.reason == "aborted"
     assert ctl.calls == ["add"]
 
 
 def test_record_removed_by_another_run():
-    dr, ctl, store, _ = make(loads=[busy("a")] * 5)
+    dr, ctl, store, _unused = make(loads=[busy("a")] * 5)
     dr.step()
     store.delete("w-0")
     st = dr.step()
@@ -317,7 +317,7 @@ def test_record_removed_by_another_run():
 
 
 def test_record_removed_because_pod_replaced_is_gone():
-    dr, ctl, store, _ = make(loads=[busy("a")] * 5)
+    dr, ctl, store, _unused = make(loads=[busy("a")] * 5)
     dr.step()
     store.delete("w-0")
     store.gone.add("w-0")
@@ -327,7 +327,7 @@ def test_record_removed_because_pod_replaced_is_gone():
 def test_unreadable_record_is_an_error():
     store = RecordingStore()
     store.records["w-0"] = {"phase": "bogus"}
-    dr, *_ = make(store=store)
+    dr, *_unused = make(store=store)
     with pytest.raises(d.DrainError, match="not understood"):
         dr.step()
 
@@ -336,14 +336,14 @@ def test_unreadable_record_is_an_error():
 
 
 def test_unknown_worker_fails_without_change():
-    dr, ctl, store, _ = make(alive=False)
+    dr, ctl, store, _unused = make(alive=False)
     st = dr.step()
     assert st.phase == "failed" and "unknown worker" in st.error and st.done
     assert store.get("w-0") is None and "cancel" not in ctl.calls
 
 
 def test_broker_unreachable_at_start_fails_without_change():
-    dr, ctl, store, _ = make()
+    dr, ctl, store, _unused = make()
     ctl.fail["ping"] = [BrokerUnreachable("cannot reach the Celery broker")]
     st = dr.step()
     assert st.phase == "failed" and "nothing was changed" in st.error
@@ -351,20 +351,20 @@ def test_broker_unreachable_at_start_fails_without_change():
 
 
 def test_queues_no_reply_at_start_fails():
-    dr, ctl, store, _ = make()
+    dr, ctl, store, _unused = make()
     ctl.fail["queues"] = [NoReply(H, "active_queues", 1)]
     assert dr.step().phase == "failed"
 
 
 def test_gone_worker_is_a_noop():
-    dr, ctl, store, _ = make(store=RecordingStore(gone=["w-0"]))
+    dr, ctl, store, _unused = make(store=RecordingStore(gone=["w-0"]))
     st = dr.step()
     assert st.phase == "gone" and ctl.calls == []
 
 
 def test_worker_gone_while_draining():
     store = RecordingStore()
-    dr, ctl, store, _ = make(loads=[busy("a"), None], store=store)
+    dr, ctl, store, _unused = make(loads=[busy("a"), None], store=store)
     dr.step()
     store.gone.add("w-0")
     assert dr.step().phase == "gone"
@@ -378,20 +378,20 @@ def test_put_raising_worker_gone_at_begin():
         def put(self, worker, record):
             raise d.WorkerGone(worker)
 
-    dr, ctl, store, _ = make(store=Vanishing())
+    dr, ctl, store, _unused = make(store=Vanishing())
     assert dr.step().phase == "gone"
 
 
 def test_put_raising_worker_gone_mid_drain():
     store = RecordingStore()
-    dr, ctl, store, _ = make(loads=[busy("a"), busy("a", "b")], store=store)
+    dr, ctl, store, _unused = make(loads=[busy("a"), busy("a", "b")], store=store)
     dr.step()
     store.gone.add("w-0")
     assert dr.step().phase == "gone"
 
 
 def test_transient_cancel_error_is_retried():
-    dr, ctl, store, _ = make()
+    dr, ctl, store, _unused = make()
     ctl.fail["cancel"] = [NoReply(H, "cancel_consumer", 1)]
     st = dr.step()
     assert st.phase == "cancelling" and st.error

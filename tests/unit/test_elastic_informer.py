@@ -76,7 +76,7 @@ def test_a_410_or_error_event_mid_watch_relists(code):
         srv.send("pods", {"type": "ERROR", "object": {"kind": "Status", "code": code, "message": "too old"}})
         wait_for(lambda: informer.lists == 2, what="a re-list")
         assert [p["metadata"]["name"] for p in informer.items()] == ["b"]
-        _, query = srv.watch_started.get(timeout=5)  # watching again, from the new list's version
+        _unused, query = srv.watch_started.get(timeout=5)  # watching again, from the new list's version
         assert query["resourceVersion"] != "" and informer.watches == 2
         srv.send("pods", {"type": "ADDED", "object": pod("c", "11")})
         wait_for(lambda: informer.get("ns", "c") is not None, what="an event after the re-list")
@@ -122,7 +122,7 @@ def test_a_half_open_watch_is_noticed_and_readyz_sees_no_progress():
         # timeout (1 s + 0.5 s) ends it and it watches again
         informer = pods_informer(srv, watch_timeout=1, read_margin=0.5, progress_timeout=2.5).start()
         srv.watch_started.get(timeout=5)
-        _, query = srv.watch_started.get(timeout=4)
+        _unused, query = srv.watch_started.get(timeout=4)
         assert informer.watches >= 2 and query["timeoutSeconds"] == "1"
         assert informer.progressing()
         srv.close()  # nothing answers any more: no list, no watch, no event
@@ -148,7 +148,7 @@ def test_every_request_has_a_timeout_and_watches_a_random_one_of_5_to_10_minutes
         informer._list()
     assert calls[-1]["_request_timeout"] == K.REQUEST_TIMEOUT
     seconds = set()
-    for _ in range(20):
+    for _i in range(20):
         with pytest.raises(Stop):
             informer._watch("5")
         seconds.add(calls[-1]["timeout_seconds"])
@@ -161,7 +161,7 @@ def test_backoff_doubles_from_0_8_to_30_seconds_and_resets_after_a_healthy_perio
     now = [0.0]
     backoff = K.Backoff(jitter=0, clock=lambda: now[0])
     delays = []
-    for _ in range(8):
+    for _i in range(8):
         delays.append(backoff.next())
         now[0] += 1
     assert delays == [0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0]
@@ -179,7 +179,7 @@ def test_the_controller_process_exits_within_seconds_of_sigterm():
              "--retry-period", "0.5"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
-            for _ in range(3):
+            for _i in range(3):
                 srv.watch_started.get(timeout=20)  # three informers watching
             wait_for(lambda: srv.leases.get("elastic-worker-controller"), 20, "the lease")
             time.sleep(0.3)

@@ -159,7 +159,7 @@ def test_scale_out_rolls_back_drains_before_creating():
 def test_immediate_deletes_without_drain_idle_first():
     pods = [pod("w-a", created="1"), pod("w-b", created="2")]
     p = plan(ew(1, policy={"type": "Immediate"}), pods, {"w-a": IDLE, "w-b": BUSY})
-    assert [n for n, _ in p.delete] == ["w-a"] and not p.drain
+    assert [n for n, _unused in p.delete] == ["w-a"] and not p.drain
 
 
 def test_disabled_never_scales_in():
@@ -228,14 +228,14 @@ def test_load_from_celery_states():
 
 @pytest.mark.parametrize("current,load,expected", [(2, 160, 4), (2, 100, 3), (4, 1000, 10), (1, 81, 2)])
 def test_scale_out_formula_within_max(current, load, expected):
-    desired, fields, _ = r.autoscale(SPEC, {}, current, load, now=0)
+    desired, fields, _unused = r.autoscale(SPEC, {}, current, load, now=0)
     assert desired == expected and fields["lowLoadSince"] is None
 
 
 def test_scale_in_only_after_backoff():
-    desired, fields, _ = r.autoscale(SPEC, {}, 4, 10, now=100)
+    desired, fields, _unused = r.autoscale(SPEC, {}, 4, 10, now=100)
     assert desired == 4 and fields["lowLoadSince"] == 100
-    desired, fields, _ = r.autoscale(SPEC, fields, 4, 10, now=129)
+    desired, fields, _unused = r.autoscale(SPEC, fields, 4, 10, now=129)
     assert desired == 4
     desired, fields, reason = r.autoscale(SPEC, fields, 4, 10, now=130)
     assert desired == 1 and "30s" in reason  # ceil(4 * 10 / 80) = 1
@@ -243,27 +243,27 @@ def test_scale_in_only_after_backoff():
 
 
 def test_load_rise_resets_backoff():
-    _, fields, _ = r.autoscale(SPEC, {}, 4, 10, now=0)
-    _, fields, _ = r.autoscale(SPEC, fields, 4, 20, now=25)  # rose, still low
+    _unused, fields, _unused = r.autoscale(SPEC, {}, 4, 10, now=0)
+    _unused, fields, _unused = r.autoscale(SPEC, fields, 4, 20, now=25)  # rose, still low
     assert fields["lowLoadSince"] == 25
-    desired, fields, _ = r.autoscale(SPEC, fields, 4, 20, now=40)
+    desired, fields, _unused = r.autoscale(SPEC, fields, 4, 20, now=40)
     assert desired == 4
-    desired, _, _ = r.autoscale(SPEC, fields, 4, 20, now=55)
+    desired, _unused, _unused = r.autoscale(SPEC, fields, 4, 20, now=55)
     assert desired == 1
 
 
 def test_load_in_band_clears_backoff_and_keeps_replicas():
-    _, fields, _ = r.autoscale(SPEC, {}, 4, 10, now=0)
-    desired, fields, _ = r.autoscale(SPEC, fields, 4, 70, now=10)  # 70 >= 0.7 * 80
+    _unused, fields, _unused = r.autoscale(SPEC, {}, 4, 10, now=0)
+    desired, fields, _unused = r.autoscale(SPEC, fields, 4, 70, now=10)  # 70 >= 0.7 * 80
     assert desired == 4 and fields["lowLoadSince"] is None
 
 
 def test_threshold_is_configurable_and_min_holds():
     spec = dict(SPEC, scaleInThreshold=0.5, minReplicas=2)
-    desired, fields, _ = r.autoscale(spec, {}, 4, 45, now=0)  # 45 >= 40: in band
+    desired, fields, _unused = r.autoscale(spec, {}, 4, 45, now=0)  # 45 >= 40: in band
     assert fields["lowLoadSince"] is None
-    _, fields, _ = r.autoscale(spec, {}, 4, 0, now=0)
-    desired, _, _ = r.autoscale(spec, fields, 4, 0, now=31)
+    _unused, fields, _unused = r.autoscale(spec, {}, 4, 0, now=0)
+    desired, _unused, _unused = r.autoscale(spec, fields, 4, 0, now=31)
     assert desired == 2
 
 
@@ -273,7 +273,7 @@ def test_unmeasurable_load_keeps_replicas_and_inf_goes_to_max():
 
 
 def test_target_bounds_intersect():
-    desired, _, _ = r.autoscale(SPEC, {}, 2, 800, now=0, target_bounds=(2, 6))
+    desired, _unused, _unused = r.autoscale(SPEC, {}, 2, 800, now=0, target_bounds=(2, 6))
     assert desired == 6
     assert r.autoscale(SPEC, {}, 1, 0, now=0, target_bounds=(2, 6))[0] == 2
 
@@ -394,7 +394,7 @@ def _simulate(desired, n_old, busy_for, policy=None, max_passes=200):
                        "drain": None}
     clock = [0]
     history = []
-    for _ in range(max_passes):
+    for _i in range(max_passes):
         clock[0] += 1
         workers = {n: (BUSY if w["busy"] > 0 else IDLE) for n, w in world.items()
                    if w["pod"]["status"]["phase"] == "Running"}

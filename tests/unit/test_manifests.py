@@ -260,8 +260,8 @@ def test_check_mode_with_an_existing_namespace_in_the_batch_changes_nothing():
 def test_wait_covers_all_objects_at_once_and_speeds_up_reads():
     api = FakeApi()
     run = run_of(api)
-    run.apply([deployment("a", 1), deployment("b", 1), {"apiVersion": "v1", "kind": "ConfigMap",
-                                                         "metadata": {"name": "c"}}], "ns")
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
+    run.apply([deployment("a", 1), deployment("b", 1), config_map], "ns")
     ready = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}
     api.progress[("Deployment", "ns", "a")] = [{}, ready]
     api.progress[("Deployment", "ns", "b")] = [{}, {}, ready]

@@ -33,7 +33,7 @@ def _service_env(name: str) -> dict:
 
 
 def _service(name: str):
-    running = subprocess.run([str(SERVICES), "status", name], capture_output=True).returncode == 0
+    running = subprocess.run([str(SERVICES), "status", name], capture_output=True, check=False).returncode == 0
     if not running:
         subprocess.run([str(SERVICES), "start", name], check=True)
     return running
@@ -212,11 +212,11 @@ def ansible_env(collections_path) -> dict:
 def run_module(collections_path, args: dict, check: bool = False, timeout: float = 120):
     """Run the module through `ansible localhost`; returns (rc, result dict)."""
     proc = subprocess.run(ansible_module_cmd(args, check), env=ansible_env(collections_path),
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
     try:
         data = json.loads(proc.stdout)
         result = data["plays"][0]["tasks"][0]["hosts"]["localhost"]
     except (ValueError, KeyError, IndexError) as exc:
-        raise AssertionError("unexpected ansible output (rc=%s): %s\n%s\n%s" % (proc.returncode, exc, proc.stdout,
-                                                                                 proc.stderr)) from exc
+        raise AssertionError("unexpected ansible output (rc=%s): %s\n%s\n%s"
+                             % (proc.returncode, exc, proc.stdout, proc.stderr)) from exc
     return proc.returncode, result

@@ -38,13 +38,14 @@ ON_KWOK_NODE = {"tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Equal
 
 @pytest.fixture(scope="module", autouse=True)
 def private_cluster():
-    was_up = subprocess.run([str(CLUSTER_SH), "status"], env=CLUSTER_ENV, capture_output=True).returncode == 0
+    status = subprocess.run([str(CLUSTER_SH), "status"], env=CLUSTER_ENV, capture_output=True, check=False)
+    was_up = status.returncode == 0
     if not was_up:
-        proc = subprocess.run([str(CLUSTER_SH), "up"], env=CLUSTER_ENV, capture_output=True, text=True)
+        proc = subprocess.run([str(CLUSTER_SH), "up"], env=CLUSTER_ENV, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     yield KUBECONFIG
     if not was_up:
-        subprocess.run([str(CLUSTER_SH), "down"], env=CLUSTER_ENV, capture_output=True)
+        subprocess.run([str(CLUSTER_SH), "down"], env=CLUSTER_ENV, capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -102,7 +103,8 @@ def run_drain(ns, name, collections_path, *args, **extra):
     env = dict(ansible_env(collections_path), ANSIBLE_STDOUT_CALLBACK="default", ANSIBLE_LOAD_CALLBACK_PLUGINS="0")
     proc = subprocess.run([str(pathlib.Path(sys.executable).parent / "ansible-playbook"), "-i",
                            str(REPO / "inventories" / "local"), str(REPO / "playbooks" / "drain.yml"),
-                           "-e", "@" + fh.name, *args], env=env, capture_output=True, text=True, timeout=300)
+                           "-e", "@" + fh.name, *args], env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
     os.unlink(fh.name)
     return proc.returncode, proc.stdout + proc.stderr
 

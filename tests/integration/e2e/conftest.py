@@ -48,7 +48,7 @@ api = api_fixture(KUBECONFIG)
 @pytest.fixture(scope="session")
 def airflow_venv():
     t0 = time.time()
-    out = subprocess.run([os.path.join(HERE, "airflow_venv.sh")], capture_output=True, text=True)
+    out = subprocess.run([os.path.join(HERE, "airflow_venv.sh")], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     timed("airflow venv (cached after the first build)", t0)
     return out.stdout.strip()
@@ -58,7 +58,7 @@ _started_services = []  # what this session started, and stops at its end
 
 
 def start_service(name):
-    if subprocess.run([SERVICES, "status", name], stdout=subprocess.DEVNULL).returncode != 0:
+    if subprocess.run([SERVICES, "status", name], stdout=subprocess.DEVNULL, check=False).returncode != 0:
         _started_services.append(name)
     subprocess.run([SERVICES, "start", name], check=True, stdout=subprocess.DEVNULL)
 
@@ -67,12 +67,12 @@ def start_service(name):
 def report_timings():
     t0 = time.time()
     yield
-    for proc, _, _ in _deploys.values():  # a deploy whose tests did not run (-x)
+    for proc, _unused, _unused in _deploys.values():  # a deploy whose tests did not run (-x)
         if proc.poll() is None:
             proc.terminate()
             proc.wait(30)
     for name in _started_services:
-        subprocess.run([SERVICES, "stop", name], stdout=subprocess.DEVNULL)
+        subprocess.run([SERVICES, "stop", name], stdout=subprocess.DEVNULL, check=False)
     lines = ["%-58s %6.1f s" % (w, s) for w, s in TIMINGS]
     sys.stdout.write("\n\ne2e timings:\n  " + "\n  ".join(lines) + "\n  %-58s %6.1f s\n" % (
         "total (session)", time.time() - t0))
@@ -168,7 +168,7 @@ class Boot:
         deploy(varsfile, wanted)
         t0 = time.time()
         self.config = harness.ClusterConfig(api, namespace, cluster)
-        _, env = self.config.worker()
+        _unused, env = self.config.worker()
         db_url = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
         broker_url = env["AIRFLOW__CELERY__BROKER_URL"]
         ports = {"api-server": {8080: api_port}, "statsd": {9125: 19125},
@@ -250,7 +250,7 @@ class Boot:
         self.stack.stop_all()
         if self.private_redis:
             subprocess.run([SERVICES, "stop", "redis"], env=dict(os.environ, **self.private_redis),
-                           stdout=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, check=False)
         delete_namespace(self.api_client, self.namespace)
 
     def dump_logs(self):

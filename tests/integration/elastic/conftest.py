@@ -33,7 +33,7 @@ def kubectl(*args, input=None):
     import glob
     found = glob.glob(os.path.join(CACHE, "cluster", "*", "bin", "kubectl"))
     return subprocess.run([found[0], "--kubeconfig", KUBECONFIG] + list(args), capture_output=True, text=True,
-                          input=input)
+                          input=input, check=False)
 
 
 api = api_fixture(KUBECONFIG)
@@ -106,6 +106,14 @@ def wait_for(predicate, timeout=60, interval=0.2, what="condition"):
         if time.time() > deadline:
             raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
         time.sleep(interval)
+
+
+def elastic_worker_when(custom, namespace, name, ready):
+    """A predicate for wait_for: the ElasticWorker once ready(its status) holds, else None."""
+    def read():
+        ew = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "elasticworkers", name)
+        return ew if ready(ew.get("status") or {}) else None
+    return read
 
 
 def live_pods(core, namespace, app=None):

@@ -69,7 +69,7 @@ def test_scale_out_and_in_through_idle_workers_only(core, custom, namespace, con
     for t in long_tokens:
         celery_app.work.apply_async((t, 25), queue=queue)
     wait_for(lambda: len(records(r, queue + ":done")) >= len(tokens), 120, what="burst done")
-    burst_done = max(w for tok, _, w in records(r, queue + ":done") if tok.startswith("burst"))
+    burst_done = max(w for tok, _unused, w in records(r, queue + ":done") if tok.startswith("burst"))
     # load falls: after the back-off only idle workers go
     wait_for(lambda: fleet.deleted_at, BACKOFF + 40, what="first scale-in deletion")
     first_deleted = min(fleet.deleted_at.values())
@@ -83,7 +83,7 @@ def test_scale_out_and_in_through_idle_workers_only(core, custom, namespace, con
 
     done = records(r, queue + ":done")
     started = records(r, queue + ":started")
-    counts = collections.Counter(tok for tok, _, _ in done)
+    counts = collections.Counter(tok for tok, _unused, _unused in done)
     assert set(counts) == set(tokens + long_tokens), "lost tasks: %s" % (set(tokens + long_tokens) - set(counts))
     assert all(n == 1 for n in counts.values()), "tasks run twice: %s" % [t for t, n in counts.items() if n > 1]
     assert len(started) == len(done)

@@ -66,8 +66,11 @@ def test_only_the_leader_acts_and_a_killed_leader_drain_is_finished(api, core, c
     def drain_record():
         pod = core.read_namespaced_pod(busy_pod, namespace)
         return (pod.metadata.annotations or {}).get("elastic-airflow.io/drain")
-    wait_for(lambda: (lambda x: x if x and '"draining"' in x else None)(drain_record()), 30,
-             what="drain of the busy pod under way")
+
+    def draining():
+        record = drain_record()
+        return record if record and '"draining"' in record else None
+    wait_for(draining, 30, what="drain of the busy pod under way")
     # kill the leader mid-drain (no Lease release); the drained worker takes no new task
     a.kill()
     killed_at = time.time()
@@ -82,7 +85,7 @@ def test_only_the_leader_acts_and_a_killed_leader_drain_is_finished(api, core, c
     finished = dict(done)
     assert finished.get("long") == busy_host, "the long task must finish on its worker before the pod goes"
     wait_for(lambda: len(records(r, queue + ":done")) == 1 + len(more), 60, what="all tasks done")
-    counts = collections.Counter(t for t, _ in records(r, queue + ":done"))
+    counts = collections.Counter(t for t, _unused in records(r, queue + ":done"))
     assert all(n == 1 for n in counts.values()) and set(counts) == set(["long"] + more)
     assert not [t for t, h in records(r, queue + ":started") if h == busy_host and t != "long"], \
         "a draining worker took a new task"

@@ -15,7 +15,7 @@ import time
 import pytest
 import redis
 
-from conftest import GROUP, VERSION, elastic_worker, exactly_live_pods, live_pods, wait_for
+from conftest import GROUP, VERSION, elastic_worker, elastic_worker_when, exactly_live_pods, live_pods, wait_for
 
 pytestmark = pytest.mark.usefixtures("crds")
 
@@ -45,7 +45,7 @@ class PodCounter(threading.Thread):
 
 
 def test_template_change_replaces_pods_one_at_a_time_without_losing_tasks(core, custom, namespace, controllers,
-                                                                            fleet, broker_secret, redis_url):
+                                                                          fleet, broker_secret, redis_url):
     queue = fleet.queue
     os.environ["EW_TEST_BROKER"], os.environ["EW_TEST_QUEUE"] = redis_url, queue
     import celery_app
@@ -62,9 +62,8 @@ def test_template_change_replaces_pods_one_at_a_time_without_losing_tasks(core, 
     old_hash = old[0].metadata.annotations[HASH]
     wait_for(lambda: all(ctl.ping(["celery@" + n for n in old_names]).values()), 60, what="3 workers up")
     # steady state: up to date, nothing moves
-    ew = wait_for(lambda: (lambda o: o if (o.get("status") or {}).get("updatedReplicas") == 3 else None)(
-        custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "elasticworkers", "w")), 30,
-        what="status.updatedReplicas 3")
+    ew = wait_for(elastic_worker_when(custom, namespace, "w", lambda s: s.get("updatedReplicas") == 3), 30,
+                  what="status.updatedReplicas 3")
     assert ew["status"]["templateHash"] == old_hash
 
     # two workers get a long task each
@@ -72,7 +71,7 @@ def test_template_change_replaces_pods_one_at_a_time_without_losing_tasks(core, 
     for t in tokens:
         celery_app.work.apply_async((t, 15), queue=queue)
     wait_for(lambda: len(records(r, queue + ":started")) == 2, 30, what="long tasks started")
-    busy_hosts = set(h for _, h, _ in records(r, queue + ":started"))
+    busy_hosts = set(h for _unused, h, _unused in records(r, queue + ":started"))
 
     counter = PodCounter(core, namespace)
     counter.start()
@@ -102,7 +101,7 @@ def test_template_change_replaces_pods_one_at_a_time_without_losing_tasks(core, 
     done = records(r, queue + ":done")
     wait_for(lambda: len(records(r, queue + ":done")) == 2, 30, what="long tasks done")
     done = records(r, queue + ":done")
-    counts = collections.Counter(t for t, _, _ in done)
+    counts = collections.Counter(t for t, _unused, _unused in done)
     assert counts == collections.Counter(tokens), "lost or repeated tasks: %s" % counts
     for token, host, when in done:
         pod = host.split("@", 1)[1]
@@ -110,11 +109,9 @@ def test_template_change_replaces_pods_one_at_a_time_without_losing_tasks(core, 
     # the busy workers went last (idle ones first)
     order = sorted(gone, key=gone.get)
     assert "celery@" + order[0] not in busy_hosts
-    ew = wait_for(lambda: (lambda o: o if [c for c in (o.get("status") or {}).get("conditions", [])
-                                           if c["type"] == "UpToDate" and c["status"] == "True"]
-                           and o["status"].get("updatedReplicas") == 3 else None)(
-        custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "elasticworkers", "w")), 30,
-        what="UpToDate")
+    ew = wait_for(elastic_worker_when(custom, namespace, "w", lambda s: any(
+        c["type"] == "UpToDate" and c["status"] == "True" for c in s.get("conditions", []))
+        and s.get("updatedReplicas") == 3), 30, what="UpToDate")
     assert ew["status"]["templateHash"] == new_hash
     print("\nrolling update of 3 workers (2 busy with 15 s tasks): %.1f s, pods between %d and %d"
           % (seconds, min(counter.samples), max(counter.samples)))

@@ -2,7 +2,7 @@
 import pytest
 from kubernetes.client.rest import ApiException
 
-from conftest import GROUP, VERSION, elastic_worker, kubectl, live_pods, wait_for
+from conftest import GROUP, VERSION, elastic_worker, elastic_worker_when, kubectl, live_pods, wait_for
 
 pytestmark = pytest.mark.usefixtures("crds")
 
@@ -25,17 +25,19 @@ def test_min_replicas_pods_replacement_and_scale(core, custom, namespace, contro
         ref = p.metadata.owner_references[0]
         assert ref.kind == "ElasticWorker" and ref.controller
     # status and the scale subresource
-    ew = wait_for(lambda: (lambda o: o if (o.get("status") or {}).get("readyReplicas") == 2 else None)(
-        custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "elasticworkers", "w")), 30,
-        what="status.readyReplicas 2")
+    ew = wait_for(elastic_worker_when(custom, namespace, "w", lambda s: s.get("readyReplicas") == 2), 30,
+                  what="status.readyReplicas 2")
     assert ew["status"]["selector"] == "app=w,elastic-airflow.io/elastic-worker=w"
 
     # a deleted pod is replaced
     victim = pods[0].metadata.name
     core.delete_namespaced_pod(victim, namespace)
-    pods = wait_for(lambda: (lambda ps: ps if len(ps) == 2 and victim not in [p.metadata.name for p in ps]
-                             and all(p.status.phase == "Running" for p in ps) else None)(live_pods(core, namespace)),
-                    60, what="replacement pod")
+
+    def replaced():
+        ps = live_pods(core, namespace)
+        names = [p.metadata.name for p in ps]
+        return ps if len(ps) == 2 and victim not in names and all(p.status.phase == "Running" for p in ps) else None
+    pods = wait_for(replaced, 60, what="replacement pod")
 
     # kubectl scale within bounds works, out of bounds is refused by the API server
     out = kubectl("scale", "-n", namespace, "elasticworker/w", "--replicas=4")

@@ -94,7 +94,7 @@ def run_playbook(playbook: str, *args: str, extra_vars: dict | None = None, time
     env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1", ANSIBLE_HOST_KEY_CHECKING="0",
                ANSIBLE_COLLECTIONS_PATH=installed_collection())
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     os.unlink(fh.name)
     return Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start)
 
@@ -107,7 +107,8 @@ def _kubectl_bin() -> str:
 
 
 def kubectl(*args: str) -> str:
-    proc = subprocess.run([_kubectl_bin(), "--kubeconfig", str(kubeconfig()), *args], capture_output=True, text=True)
+    proc = subprocess.run([_kubectl_bin(), "--kubeconfig", str(kubeconfig()), *args], capture_output=True, text=True,
+                          check=False)
     if proc.returncode:
         raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
     return proc.stdout
