@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The end of `make demo`: open the deployed Airflow to a person.
 
 After site.yml has converged on the local cluster (inventories/local), this
