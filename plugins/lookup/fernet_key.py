@@ -9,6 +9,7 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 name: fernet_key
+version_added: "0.1.0"
 author: elastic_airflow developers (@elastic_airflow)
 short_description: A new Fernet key, from 32 random bytes
 description:

@@ -8,7 +8,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 name: misspelt_variables
 short_description: Variables that carry a role's prefix but that this collection never reads
-version_added: "0.2.0"
+version_added: "0.1.0"
 author: elastic_airflow developers (@elastic_airflow)
 description:
   - Given variable names (for example every variable whose name starts with one of the roles'

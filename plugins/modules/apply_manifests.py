@@ -31,7 +31,7 @@ description:
     playbook's first task can fail early on a wrong kubeconfig or context.
   - Never returns object contents. Diffs show a Secret's keys, never its values, and an API
     error about a Secret is reduced to its HTTP status, so the task needs no C(no_log).
-version_added: "0.2.0"
+version_added: "0.1.0"
 author: elastic_airflow developers (@elastic_airflow)
 extends_documentation_fragment:
   - kubernetes.core.k8s_auth_options
