@@ -213,7 +213,7 @@ test-e2e: venv collection-link cluster-up ## real Airflow 3 from site.yml's conf
 	pytest -v -s -p no:cacheprovider tests/integration/e2e/test_postgresql_redis.py tests/integration/e2e/test_mysql_rabbitmq.py
 
 # --- Images without a registry (images/, docs/images.md) ---------------------------
-.PHONY: images test-images
+.PHONY: images test-images keda-images
 CLUSTER_CONTAINERD_SOCK := $(CACHE)/run/cluster/containerd/containerd.sock
 
 # Builds every image the local inventory deploys (cached by content: a re-run
@@ -222,6 +222,13 @@ CLUSTER_CONTAINERD_SOCK := $(CACHE)/run/cluster/containerd/containerd.sock
 images: ## build the local cluster's images (no Docker, no registry) and import them into its containerd if it is up
 	@if [ -S $(CLUSTER_CONTAINERD_SOCK) ]; then images/build.sh --import $(CLUSTER_CONTAINERD_SOCK); \
 	else images/build.sh && echo "images: the local cluster is not up (no $(CLUSTER_CONTAINERD_SOCK)): built, not imported"; fi
+
+# KEDA's operator and metrics API server, for the KEDA benchmark (issue 17):
+# not deployed by the local inventory, so not part of `images`. Built only (a
+# cold build downloads and compiles KEDA's dependencies: many minutes); to
+# import: images/build.sh --import $(CLUSTER_CONTAINERD_SOCK) keda-operator keda-metrics-apiserver
+keda-images: ## build KEDA's operator and metrics API server images (not imported)
+	nice -n 19 images/build.sh keda-operator keda-metrics-apiserver
 
 # Runs each image with `ctr run` as our manifests run it and checks the
 # contract (user, entrypoint, ports, probes, airflow db migrate on the
