@@ -503,7 +503,8 @@ class Reconciler:
         if kind == "prometheus":
             prom = metric["prometheus"]
             url = prom["url"].rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": prom["query"]})
-            with urllib.request.urlopen(url, timeout=5) as response:
+            # The controller's image has no Ansible, so no ansible.module_utils.urls here.
+            with urllib.request.build_opener().open(url, timeout=5) as response:
                 result = json.loads(response.read())["data"]["result"]
             return float(result[0]["value"][1]) if result else 0.0
         if kind == "customMetrics":
@@ -846,4 +847,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())  # the controller's own process (python -m elastic.controller), not a module
