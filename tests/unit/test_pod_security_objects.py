@@ -143,7 +143,7 @@ def _all(rendered, variant):
 GOOD = {"metadata": {}, "spec": {
     "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
     "initContainers": [{"name": "init", "securityContext": {"allowPrivilegeEscalation": False,
-                                                             "capabilities": {"drop": ["ALL"]}}}],
+                                                            "capabilities": {"drop": ["ALL"]}}}],
     "containers": [{"name": "main", "securityContext": {
         "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}}],
     "volumes": [{"name": "v", "emptyDir": {}}, {"name": "c", "persistentVolumeClaim": {"claimName": "c"}}]}}
