@@ -238,7 +238,7 @@ test-images: venv ## run every image under containerd and check the contract our
 	pytest -v -p no:cacheprovider images/test_images.py
 
 # --- Collection conventions (issue 16) ------------------------------------------
-.PHONY: sanity
+.PHONY: sanity docs docs-check
 
 # ansible-test wants the collection at .../ansible_collections/elastic_airflow/cluster
 # and resolves symlinks (the collection-link path leads back here), so it runs on a
@@ -267,3 +267,21 @@ sanity: venv ## ansible-test sanity on a copy of the collection (--local, this v
 	if [ ! -e $$get_pip ] || grep -q 'Stand-in for the get-pip.py' $$get_pip; then \
 	  install -D -m 644 scripts/ansible_test_get_pip.py $$get_pip; fi; \
 	cd $(SANITY_TREE) && ansible-test sanity --local --color no --skip-test shellcheck --python $$pyv $(SANITY_ARGS)
+
+# The documentation site: antsibull-docs writes the RST of every module,
+# plugin, filter, test and role (meta/argument_specs.yml) of the collection as
+# ansible-doc sees it through collection-link, next to docs/site/index.rst;
+# Sphinx (docs/site/conf.py) builds it into $(DOCS_DIR)/html, failing on any
+# warning and reading nothing from the network.
+DOCS_DIR := $(CACHE)/docs-$(CHECKOUT_KEY)
+docs: venv collection-link ## the collection's documentation site (antsibull-docs, Sphinx) in ~/.cache/elastic-airflow/docs-<checkout>/html
+	@set -e; rm -rf $(DOCS_DIR); mkdir -p $(DOCS_DIR)/rst; chmod og-w $(DOCS_DIR)/rst; cp docs/site/index.rst $(DOCS_DIR)/rst/; \
+	antsibull-docs collection --use-current --fail-on-error --dest-dir $(DOCS_DIR)/rst elastic_airflow.cluster >/dev/null; \
+	sphinx-build -q -W --keep-going -j auto -b html -c docs/site $(DOCS_DIR)/rst $(DOCS_DIR)/html; \
+	echo "docs: file://$(DOCS_DIR)/html/index.html"
+
+# Opens pages of the built site in Debian's headless chromium from file://,
+# with name resolution and proxy pointed at nothing (tests/docs/test_docsite.py).
+docs-check: docs ## render the built site's index, a module and a role page in headless Chromium (no network)
+	@command -v chromium >/dev/null || { echo "docs-check needs Debian's chromium (make deps)"; exit 1; }
+	ELASTIC_AIRFLOW_DOCS_HTML=$(DOCS_DIR)/html pytest -q -p no:cacheprovider tests/docs

@@ -8,10 +8,11 @@
 #   real servers   redis-server rabbitmq-server postgresql mariadb-server (the
 #                  drain and controller suites start their own; never as services)
 #   builds         default-libmysqlclient-dev pkg-config build-essential (mysqlclient)
+#   docs check     chromium (headless, opens the built documentation site: make docs-check)
 set -euo pipefail
 packages=(containerd runc containernetworking-plugins iptables conntrack debootstrap umoci
           openssl iproute2 redis-server rabbitmq-server postgresql mariadb-server
-          default-libmysqlclient-dev pkg-config build-essential)
+          default-libmysqlclient-dev pkg-config build-essential chromium)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 [ ${#missing[@]} -gt 0 ] || exit 0
