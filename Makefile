@@ -238,7 +238,13 @@ test-images: venv ## run every image under containerd and check the contract our
 	pytest -v -p no:cacheprovider images/test_images.py
 
 # --- Collection conventions (issue 16) ------------------------------------------
-.PHONY: sanity docs docs-check
+.PHONY: sanity docs docs-check changelog changelog-check
+
+# $(call copy_collection,DIR): the collection as it ships (what git tracks or
+# would track, less galaxy.yml's build_ignore) in DIR/ansible_collections/elastic_airflow/cluster.
+copy_collection = rm -rf $(1) && mkdir -p $(1)/ansible_collections/elastic_airflow/cluster \
+	&& git ls-files -co --exclude-standard | grep -v -E '^(\.ci|benchmarks|images)/' \
+	| rsync -a --ignore-missing-args --files-from=- ./ $(1)/ansible_collections/elastic_airflow/cluster/
 
 # ansible-test wants the collection at .../ansible_collections/elastic_airflow/cluster
 # and resolves symlinks (the collection-link path leads back here), so it runs on a
@@ -255,9 +261,7 @@ test-images: venv ## run every image under containerd and check the contract our
 SANITY_ROOT := $(CACHE)/sanity-$(CHECKOUT_KEY)
 SANITY_TREE := $(SANITY_ROOT)/ansible_collections/elastic_airflow/cluster
 sanity: venv ## ansible-test sanity on a copy of the collection (--local, this venv's Python only)
-	@set -e; rm -rf $(SANITY_TREE); mkdir -p $(SANITY_TREE) $(SANITY_ROOT)/ansible_collections/kubernetes; \
-	git ls-files -co --exclude-standard | grep -v -E '^(\.ci|benchmarks|images)/' \
-	  | rsync -a --ignore-missing-args --files-from=- ./ $(SANITY_TREE)/; \
+	@set -e; $(call copy_collection,$(SANITY_ROOT)); mkdir -p $(SANITY_ROOT)/ansible_collections/kubernetes; \
 	ln -sfn "$$($(PY) -c 'import ansible, os; print(os.path.dirname(os.path.dirname(ansible.__file__)))')/ansible_collections/kubernetes/core" \
 	  $(SANITY_ROOT)/ansible_collections/kubernetes/core; \
 	pyv=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
@@ -285,3 +289,22 @@ docs: venv collection-link ## the collection's documentation site (antsibull-doc
 docs-check: docs ## render the built site's index, a module and a role page in headless Chromium (no network)
 	@command -v chromium >/dev/null || { echo "docs-check needs Debian's chromium (make deps)"; exit 1; }
 	ELASTIC_AIRFLOW_DOCS_HTML=$(DOCS_DIR)/html pytest -q -p no:cacheprovider tests/docs
+
+# Unreleased changes are fragments in changelogs/fragments/ and changelog.yaml
+# records releases (none yet). CHANGELOG.rst shows the fragments as the next
+# release, galaxy.yml's version: antsibull-changelog releases it in a copy of
+# the collection (which it needs to list the new plugins), and only
+# CHANGELOG.rst comes back; changelog.yaml and the fragments stay as they are.
+changelog_render = tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && $(call copy_collection,$$tmp) \
+	&& (cd $$tmp/ansible_collections/elastic_airflow/cluster \
+	    && antsibull-changelog release --version "$$($(PY) -c 'import yaml; print(yaml.safe_load(open("galaxy.yml"))["version"])')" \
+	       >$$tmp/release.log 2>&1 || { cat $$tmp/release.log; exit 1; }) \
+	&& cp $$tmp/ansible_collections/elastic_airflow/cluster/CHANGELOG.rst
+changelog: venv ## render changelogs/fragments into CHANGELOG.rst (as galaxy.yml's version, not released)
+	@set -e; antsibull-changelog lint; $(changelog_render) CHANGELOG.rst; echo "CHANGELOG.rst rendered"
+
+changelog-check: venv ## antsibull-changelog lint, and CHANGELOG.rst is what make changelog renders
+	@set -e; antsibull-changelog lint; antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml; \
+	$(changelog_render) $$tmp/rendered.rst; \
+	cmp -s $$tmp/rendered.rst CHANGELOG.rst || { echo "CHANGELOG.rst is not what the fragments render: run make changelog"; exit 1; }; \
+	echo "changelog ok"
