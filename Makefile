@@ -73,7 +73,7 @@ test: deps venv collection-link ## run every test (what CI runs)
 	done; \
 	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi; echo "all test targets passed"
 
-test-static: venv collection-link ## yamllint, ansible-lint (production profile), ruff, syntax checks
+test-static: venv collection-link ## yamllint, ansible-lint (production profile), ruff, syntax checks, ansible-test sanity, docs site, changelog
 	yamllint --strict .
 	ansible-lint --profile production
 	ruff check .
@@ -87,6 +87,9 @@ test-static: venv collection-link ## yamllint, ansible-lint (production profile)
 	  && ANSIBLE_COLLECTIONS_PATH=$$tmp/installed ansible-galaxy collection install --offline --no-deps -p $$tmp/installed $$tmp/elastic_airflow-cluster-*.tar.gz >/dev/null \
 	  && (cd $$tmp && ANSIBLE_COLLECTIONS_PATH=$$tmp/installed ansible-playbook -i $(CURDIR)/$(INVENTORY) elastic_airflow.cluster.site --syntax-check >/dev/null) \
 	  && echo "collection build + offline install + site.yml from the install ok"; rc=$$?; rm -rf $$tmp; exit $$rc
+	@# Collection conventions (issue 16): each says how long it took.
+	@for t in sanity docs-check changelog-check; do s=$$(date +%s); \
+	  $(MAKE) --no-print-directory $$t || exit 1; echo "[test-static] $$t: $$(( $$(date +%s) - s )) s"; done
 
 test-unit: venv collection-link ## unit tests of the pure Python logic
 	pytest -q tests/unit
