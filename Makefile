@@ -198,12 +198,19 @@ bench-controller: venv ## ElasticWorker controller: one reconcile over 1,000 pod
 	python benchmarks/bench_controller.py
 
 # --- Real Airflow 3 end to end (issue 6) ------------------------------------------
-.PHONY: test-e2e test-e2e-pods
+.PHONY: test-e2e test-e2e-pods test-chaos
 
 # site.yml on the real node (namespace e2e-pods), driven through its API:
 # bursts scaled out and in by the controller in its pods, a busy worker deleted.
-test-e2e-pods: venv collection-link cluster-up images ## Airflow end to end in real pods: scale out/in through drained workers, a deleted busy worker
-	pytest -v -s -p no:cacheprovider tests/integration/e2e_pods
+test-e2e-pods: venv collection-link cluster-up images ## Airflow end to end in real pods: scale out/in through drained workers, a deleted busy worker, a SIGKILLed task, a rolling template change
+	pytest -v -s -p no:cacheprovider tests/integration/e2e_pods/test_real_pods.py
+
+# The same deployment, with one fault per case under a seeded workload of 30
+# task runs: the leader controller killed or frozen, the API server, etcd,
+# the broker, the kubelet and containerd restarted, the controller cut off
+# from the broker. About 30 minutes; not part of `make test`.
+test-chaos: venv collection-link cluster-up images ## fault injection on the real node: no task lost or run twice, convergence (table at the end)
+	pytest -v -s -p no:cacheprovider tests/integration/e2e_pods/test_chaos.py
 
 # Deploys site.yml twice (namespaces e2e-pg, e2e-my; the second in the
 # background during the first's tests), reads the configuration back from the

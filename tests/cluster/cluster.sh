@@ -547,6 +547,30 @@ recycle_loop() {
 # up and down of the same state dir never overlap (two engineers typing
 # `make cluster-up` at once): the second waits, then finds the cluster up.
 # Components are started with fd 9 closed so they do not hold the lock.
+# Restart one running component with the command line it runs (the fault
+# injection suite restarts the API server, etcd, the kubelet and containerd
+# under a running workload), then wait until it serves again.
+cmd_restart() { # name
+  local name=$1 pid argv
+  case "$name" in
+    etcd | kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy | containerd) ;;
+    *) die "restart: unknown component '$name' (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, containerd)" ;;
+  esac
+  alive "$name" || die "restart: $name is not running"
+  pid=$(pid_of "$name")
+  mapfile -d '' argv <"/proc/$pid/cmdline"
+  stop_component "$name"
+  mv -f "$STATE/logs/$name.log" "$STATE/logs/$name.log.1"
+  STARTED=("$name")
+  start_system "$name" "${argv[@]}"
+  case "$name" in
+    containerd) wait_for "containerd" 30 ctr_k8s version ;;
+    kubelet) wait_for "node $NODE_NAME Ready" 90 node_ready ;;
+    *) wait_for "the API server ready" 90 kubectl get --raw /readyz ;;
+  esac
+  log "$name restarted (pid $(pid_of "$name"))"
+}
+
 lock() {
   mkdir -p "$(dirname "$STATE")"
   exec 9>"${STATE%/}.lock"
@@ -558,6 +582,7 @@ case "${1:-}" in
   down) lock; cmd_down ;;
   status) cmd_status ;;
   recycle-pvs) cmd_recycle_pvs ;;
+  restart) lock; cmd_restart "${2:-}" ;;
   _recycle-loop) STATE=$2; recycle_loop ;;
-  *) echo "usage: $0 up|down|status|recycle-pvs" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|recycle-pvs|restart COMPONENT" >&2; exit 2 ;;
 esac

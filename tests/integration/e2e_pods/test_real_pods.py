@@ -1,6 +1,8 @@
 """Airflow end to end in real pods: the controller scales Celery workers out
 on load and in only through drained, idle workers, and no task is lost or
-run twice; a user deleting a busy worker loses no task either.
+run twice; a user deleting a busy worker loses no task either; a task
+process killed with SIGKILL fails its try and the retry succeeds; a rolling
+change of the worker template drains each old worker before it goes.
 
 Real-node suite (see conftest.py): Airflow, the controller and the workers
 run in containers of the local images.
@@ -8,11 +10,13 @@ run in containers of the local images.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import threading
 import time
 
-from conftest import RESULTS, kubectl, results, wait_for, worker_pods
+from conftest import REPO, RESULTS, VARS, kubectl, results, wait_for, worker_pods
 
 DAG = "e2e_sleep_append"
 
@@ -99,3 +103,63 @@ def test_deleted_busy_worker_finishes_its_task_or_retries_it(deployed, airflow, 
     with capsys.disabled():
         print(f"\ndeleted busy worker {pod}: the task ended as {state} (try {lines[0][2]}) "
               f"{time.time() - t0:.0f} s later, pod gone: {bool(gone)}")
+
+
+def test_sigkilled_task_process_fails_its_try_and_the_retry_succeeds(deployed, airflow, capsys):
+    """SIGKILL of the task's own process inside its worker container: try 1 fails, try 2 succeeds."""
+    core = deployed
+    path = f"{RESULTS}/kill-{os.urandom(3).hex()}.txt"
+    airflow.unpause("e2e_kill")
+    run_id = airflow.trigger("e2e_kill", {"path": path}, f"kill-{os.urandom(3).hex()}")["dag_run_id"]
+    # the victim writes "start <try> <pod> <pid>" and then sleeps on its first try
+    started = wait_for(lambda: [line for line in results(core, path) if line[:2] == ["start", "1"]], 300,
+                       "the victim's first try running", interval=2)[0]
+    pod, pid = started[2], started[3]
+    kubectl("exec", pod, "-c", "worker", "--", "kill", "-KILL", pid)
+    t0 = time.time()
+    state = wait_for(lambda: airflow.run("e2e_kill", run_id)["state"] in ("success", "failed")
+                     and airflow.run("e2e_kill", run_id)["state"], 300, "the e2e_kill run to end", interval=2)
+    lines = [" ".join(line[:2]) for line in results(core, path)]
+    tries = airflow.tries("e2e_kill", run_id)
+    assert state == "success", (state, lines)
+    assert lines == ["start 1", "start 2", "done 2"], lines  # try 1 never finished, try 2 did
+    assert tries[0]["try_number"] == 2, tries
+    with capsys.disabled():
+        print(f"\nSIGKILL of task pid {pid} in {pod}: try 1 failed, try 2 succeeded {time.time() - t0:.0f} s later")
+
+
+def test_rolling_change_of_the_worker_template_drains_every_old_worker(deployed, airflow, capsys):
+    """A change of the worker pod template (site.yml with another grace period) while tasks run:
+    each old worker is drained before it goes, no task is killed."""
+    core = deployed
+    old = {p.metadata.name for p in worker_pods(core)}
+    path = f"{RESULTS}/rollout-{os.urandom(3).hex()}.txt"
+    airflow.unpause(DAG)
+    run_ids = [airflow.trigger(DAG, {"path": path, "seconds": 40}, f"rollout-{i}-{os.urandom(3).hex()}")["dag_run_id"]
+               for i in range(4)]
+    wait_for(lambda: sum(t["state"] == "running" for r in run_ids for t in airflow.tries(DAG, r)) >= 2, 300,
+             "tasks running on the old workers", interval=2)
+    grace = {"airflow_worker_termination_grace_period_seconds": 91}
+    proc = subprocess.run(["ansible-playbook", "-i", str(REPO / "inventories" / "local"),
+                           str(REPO / "playbooks" / "site.yml"), "-e", "@" + str(VARS), "-e", json.dumps(grace)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    states = _wait_runs(airflow, run_ids, 900)
+
+    def rolled():
+        pods = worker_pods(core)
+        return (pods and not old & {p.metadata.name for p in pods}
+                and all(p.spec.termination_grace_period_seconds == 91 for p in pods))
+    wait_for(rolled, 600, "every old worker replaced by one of the new template", interval=3)
+    lines = results(core, path)
+    tries = [t["try_number"] for r in run_ids for t in airflow.tries(DAG, r)]
+    assert states == ["success"] * 4, states
+    assert sorted(line[0] for line in lines) == sorted(run_ids) and tries == [1] * 4, (lines, tries)
+    events = kubectl("get", "events", "--field-selector", "reason=DeletedPod",
+                     "-o", "jsonpath={range .items[*]}{.message}{'\\n'}{end}")
+    for pod in old:
+        said = [e for e in events.splitlines() if f"deleted {pod}:" in e]
+        assert said and all("drain" in e.lower() for e in said), (pod, events)
+    with capsys.disabled():
+        print(f"\nrolling change under 4 running tasks: {len(old)} old worker(s) drained and replaced, "
+              "every task succeeded on its first try")
