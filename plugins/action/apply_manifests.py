@@ -192,7 +192,9 @@ class ActionModule(ActionBase):
             templar = templars[directory]
             source = trust_as_template(self._loader.get_text_file_contents(path))
             # A plain str: libyaml refuses str subclasses such as Ansible's tagged strings.
-            text = str.__str__(templar.template(source, escape_backslashes=False))
+            # A template that renders nothing (a layer without NetworkPolicies) is None under Ansible 2.19.
+            rendered = templar.template(source, escape_backslashes=False)
+            text = "" if rendered is None else str.__str__(rendered)
             self._rendered.append((path, text))
             try:
                 docs.extend(doc for doc in yaml.load_all(text, Loader=YAML_LOADER) if doc)
