@@ -40,9 +40,11 @@ def test_the_namespace_enforces_restricted(converged):
 
 
 def test_every_pod_of_the_cluster_was_admitted_under_restricted(converged):
+    """Every workload has its pods (the worker pods are the ElasticWorker controller's, and on
+    KWOK nodes the controller runs no container: the unit tests check their template)."""
     pods = _items("pods")
     components = {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods}
-    assert {"api-server", "scheduler", "dag-processor", "triggerer", "worker", "flower", "database", "broker",
+    assert {"api-server", "scheduler", "dag-processor", "triggerer", "flower", "migrate", "database", "broker",
             "prometheus", "statsd-exporter", "kube-state-metrics", "grafana", "metrics-adapter",
             "elastic-worker-controller"} <= components
     for workload in _items("deployments") + _items("statefulsets"):
