@@ -21,4 +21,7 @@ def render(name, **variables):
     env.filters["to_json"] = json.dumps
     env.filters["combine"] = _combine
     variables.setdefault("elastic_airflow_labels", {"app.kubernetes.io/part-of": "elastic-airflow"})
+    # roles/elastic_worker/vars/main.yml: the CRDs' labels, without a cluster's instance label
+    variables.setdefault("elastic_worker_crd_labels", {"app.kubernetes.io/part-of": "elastic-airflow",
+                                                       "app.kubernetes.io/component": "elastic-worker"})
     return [d for d in yaml.safe_load_all(env.get_template(name).render(**variables)) if d]
