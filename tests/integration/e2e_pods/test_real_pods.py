@@ -28,6 +28,15 @@ def _wait_runs(airflow, run_ids, timeout):
     return wait_for(done, timeout, f"{len(run_ids)} runs of {DAG} to finish", interval=3)
 
 
+def assert_deleted_through_drains(pods):
+    """Each of these pods was deleted after its drain: the controller's DeletedPod events say so."""
+    events = kubectl("get", "events", "--field-selector", "reason=DeletedPod",
+                     "-o", "jsonpath={range .items[*]}{.message}{'\\n'}{end}")
+    for pod in pods:
+        said = [e for e in events.splitlines() if f"deleted {pod}:" in e]
+        assert said and all("drain" in e.lower() for e in said), (pod, events)
+
+
 def test_bursts_scale_out_and_in_through_drained_idle_workers(deployed, airflow, capsys):
     """Seed 004's scenario: 12 runs of a 30 s task in three bursts of 4, 40 s apart."""
     core = deployed
@@ -70,12 +79,7 @@ def test_bursts_scale_out_and_in_through_drained_idle_workers(deployed, airflow,
     assert peak[0] >= 2, "workers were added on load"
     removed = seen - {p.metadata.name for p in worker_pods(core)}
     assert removed, "idle workers were removed"
-    # Each removed pod went through a drain: the controller's DeletedPod event says so.
-    events = kubectl("get", "events", "--field-selector", "reason=DeletedPod",
-                     "-o", "jsonpath={range .items[*]}{.message}{'\\n'}{end}")
-    for pod in removed:
-        said = [e for e in events.splitlines() if f"deleted {pod}:" in e]
-        assert said and all("drain" in e.lower() for e in said), (pod, events)
+    assert_deleted_through_drains(removed)
     with capsys.disabled():
         print(f"\n12 runs in 3 bursts: peak {peak[0]} workers, {len(removed)} removed after drains; "
               f"back to one worker {scaled_in:.0f} s after the last run finished")
@@ -155,11 +159,7 @@ def test_rolling_change_of_the_worker_template_drains_every_old_worker(deployed,
     tries = [t["try_number"] for r in run_ids for t in airflow.tries(DAG, r)]
     assert states == ["success"] * 4, states
     assert sorted(line[0] for line in lines) == sorted(run_ids) and tries == [1] * 4, (lines, tries)
-    events = kubectl("get", "events", "--field-selector", "reason=DeletedPod",
-                     "-o", "jsonpath={range .items[*]}{.message}{'\\n'}{end}")
-    for pod in old:
-        said = [e for e in events.splitlines() if f"deleted {pod}:" in e]
-        assert said and all("drain" in e.lower() for e in said), (pod, events)
+    assert_deleted_through_drains(old)
     with capsys.disabled():
         print(f"\nrolling change under 4 running tasks: {len(old)} old worker(s) drained and replaced, "
               "every task succeeded on its first try")
