@@ -392,8 +392,11 @@ class Reconciler:
         if states:
             self._fill_concurrency(control, pods, states)
         # an unreadable record counts as a drain in progress: never delete on a guess
-        drains = dict((p["metadata"]["name"], drain_phase(p)) for p in pods
-                      if drain_phase(p) and not R.pod_terminating(p))
+        drains = {}
+        for pod in pods:
+            phase = drain_phase(pod)  # parses the record: once per pod and pass
+            if phase and not R.pod_terminating(pod):
+                drains[pod["metadata"]["name"]] = phase
         return Observation(pods, self._expected(ew, pods), control, broker_error, states, drains)
 
     def act(self, ew, plan, seen, report):
