@@ -11,6 +11,7 @@ sees to both).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import pathlib
@@ -40,9 +41,12 @@ API_PORT = int(os.environ.get("ELASTIC_AIRFLOW_E2E_PODS_API_PORT", "18180"))
 api = api_fixture(SHARED_KUBECONFIG)
 
 
-def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
-    state = pathlib.Path(SHARED_KUBECONFIG).parent
-    cmd = [(state / "bin").read_text().strip() + "/kubectl", "--kubeconfig", SHARED_KUBECONFIG, "-n", NAMESPACE, *args]
+def kubectl_path() -> str:
+    return (pathlib.Path(SHARED_KUBECONFIG).parent / "bin").read_text().strip() + "/kubectl"
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True, namespace: str = NAMESPACE) -> str:
+    cmd = [kubectl_path(), "--kubeconfig", SHARED_KUBECONFIG, "-n", namespace, *args]
     proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=300, check=False)
     if check and proc.returncode:
         raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr[-2000:]}")
@@ -107,11 +111,11 @@ def _listening(port):
         return False
 
 
-def load_dags():
+def load_dags(namespace):
     """A one-off pod of the Airflow image writes the DAG file into the claim
     (git_sync_mode pvc: "fill it yourself")."""
     image = "localhost/elastic-airflow/airflow:3.3.2"
-    kubectl("delete", "pod", "dags-loader", "--ignore-not-found", "--wait=true")
+    kubectl("delete", "pod", "dags-loader", "--ignore-not-found", "--wait=true", namespace=namespace)
     kubectl("run", "dags-loader", "--restart=Never", f"--image={image}", "--image-pull-policy=Never",
             "--overrides", json.dumps({"spec": {
                 "securityContext": {"runAsUser": 50000, "runAsGroup": 0, "fsGroup": 0, "runAsNonRoot": True,
@@ -122,23 +126,27 @@ def load_dags():
                                                     "capabilities": {"drop": ["ALL"]}},
                                 "volumeMounts": [{"name": "dags", "mountPath": "/dags"}]}],
                 "volumes": [{"name": "dags", "persistentVolumeClaim": {"claimName": DAGS_CLAIM}}]}}),
-            "-i", "--quiet", input=DAGS.read_text())
-    kubectl("delete", "pod", "dags-loader", "--wait=true")
+            "-i", "--quiet", input=DAGS.read_text(), namespace=namespace)
+    kubectl("delete", "pod", "dags-loader", "--wait=true", namespace=namespace)
 
 
-@pytest.fixture(scope="session")
-def deployed(api):
-    """site.yml on the real node, once; the DAG file copied into the DAGs claim."""
-    core = client.CoreV1Api(api)
+def site_yml(vars_file, timeout):
+    return subprocess.run(["ansible-playbook", "-i", str(REPO / "inventories" / "local"),
+                           str(REPO / "playbooks" / "site.yml"), "-e", "@" + str(vars_file)],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
 
+
+def deploy(core, namespace, vars_file):
+    """site.yml on the real node into a fresh namespace, with the DAG file
+    copied into the DAGs claim first; then the re-run must change nothing."""
     def not_terminating():
         try:
-            return core.read_namespace(NAMESPACE).status.phase != "Terminating"
+            return core.read_namespace(namespace).status.phase != "Terminating"
         except client.ApiException as exc:
             return exc.status == 404
-    wait_for(not_terminating, 300, f"namespace {NAMESPACE} of an earlier run to be gone", interval=2)
+    wait_for(not_terminating, 300, f"namespace {namespace} of an earlier run to be gone", interval=2)
     try:
-        core.create_namespace({"metadata": {"name": NAMESPACE}})
+        core.create_namespace({"metadata": {"name": namespace}})
     except client.ApiException as exc:
         if exc.status != 409:
             raise
@@ -146,36 +154,29 @@ def deployed(api):
     # the DAGs' claim (git_sync_pvc_claim_name), filled before any Airflow pod
     # mounts it: the first mount of a local volume applies the pod's fsGroup.
     for claim in ("e2e-results", DAGS_CLAIM):
-        kubectl("apply", "-f", "-", input=json.dumps({
+        kubectl("apply", "-f", "-", namespace=namespace, input=json.dumps({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
-    load_dags()
+    load_dags(namespace)
     t0 = time.monotonic()
-    proc = subprocess.run(["ansible-playbook", "-i", str(REPO / "inventories" / "local"),
-                           str(REPO / "playbooks" / "site.yml"), "-e", "@" + str(VARS)],
-                          cwd=REPO, capture_output=True, text=True, timeout=1500, check=False)
+    proc = site_yml(vars_file, 1500)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
-    print(f"\nsite.yml on the real node: {time.monotonic() - t0:.0f} s")
-    again = subprocess.run(["ansible-playbook", "-i", str(REPO / "inventories" / "local"),
-                            str(REPO / "playbooks" / "site.yml"), "-e", "@" + str(VARS)],
-                           cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    print(f"\nsite.yml on the real node ({vars_file.name}): {time.monotonic() - t0:.0f} s")
+    again = site_yml(vars_file, 600)
     assert again.returncode == 0 and " changed=0 " in again.stdout, again.stdout[-3000:]
-    yield core
-    # Not waited for: the workers' warm shutdown may take their grace period.
-    core.delete_namespace(NAMESPACE)
 
 
-@pytest.fixture(scope="session")
-def airflow(deployed):
+@contextlib.contextmanager
+def forwarded_airflow(namespace, port):
+    """The api-server's Service on 127.0.0.1:port, and its REST API as admin."""
     forward = subprocess.Popen(
-        [(pathlib.Path(SHARED_KUBECONFIG).parent / "bin").read_text().strip() + "/kubectl", "--kubeconfig",
-         SHARED_KUBECONFIG, "-n", NAMESPACE, "port-forward", "--address", "127.0.0.1", f"svc/{PREFIX}-api-server",
-         f"{API_PORT}:8080"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [kubectl_path(), "--kubeconfig", SHARED_KUBECONFIG, "-n", namespace, "port-forward", "--address",
+         "127.0.0.1", f"svc/{PREFIX}-api-server", f"{port}:8080"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: _listening(API_PORT), 30, "the api-server port-forward")
+        wait_for(lambda: _listening(port), 30, "the api-server port-forward")
         password = base64.b64decode(kubectl("get", "secret", f"{PREFIX}-airflow-passwords",
-                                            "-o", "jsonpath={.data.admin}")).decode()
-        af = Airflow(f"http://127.0.0.1:{API_PORT}", password)
+                                            "-o", "jsonpath={.data.admin}", namespace=namespace)).decode()
+        af = Airflow(f"http://127.0.0.1:{port}", password)
         wait_for(lambda: af.dag_known("e2e_sleep_append"), 180, "the e2e DAGs parsed from the claim", interval=3)
         yield af
     finally:
@@ -183,13 +184,31 @@ def airflow(deployed):
         forward.wait(10)
 
 
-def worker_pods(core):
-    return [p for p in core.list_namespaced_pod(NAMESPACE, label_selector="app.kubernetes.io/component=worker").items
+@pytest.fixture(scope="session")
+def deployed(api):
+    """site.yml on the real node (PostgreSQL, Redis, the ElasticWorker), once."""
+    core = client.CoreV1Api(api)
+    deploy(core, NAMESPACE, VARS)
+    yield core
+    # Not waited for: the workers' warm shutdown may take their grace period.
+    core.delete_namespace(NAMESPACE)
+
+
+@pytest.fixture(scope="session")
+def airflow(deployed):
+    with forwarded_airflow(NAMESPACE, API_PORT) as af:
+        yield af
+
+
+def worker_pods(core, namespace=NAMESPACE):
+    return [p for p in core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/component=worker").items
             if p.metadata.deletion_timestamp is None]
 
 
-def results(core, path):
+def results(core, path, namespace=NAMESPACE):
     """The lines of a results file, read in a running worker."""
-    pod = wait_for(lambda: [p for p in worker_pods(core) if p.status.phase == "Running"], 120, "a running worker")[0]
-    out = kubectl("exec", pod.metadata.name, "-c", "worker", "--", "sh", "-c", f"cat {path} 2>/dev/null || true")
+    pod = wait_for(lambda: [p for p in worker_pods(core, namespace) if p.status.phase == "Running"], 120,
+                   "a running worker")[0]
+    out = kubectl("exec", pod.metadata.name, "-c", "worker", "--", "sh", "-c", f"cat {path} 2>/dev/null || true",
+                  namespace=namespace)
     return [line.split() for line in out.splitlines() if line.strip()]
