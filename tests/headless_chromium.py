@@ -61,7 +61,7 @@ def load_netlog(path):
     try:
         return json.loads(text)
     except ValueError:
-        head, _, _ = text.rpartition("},")
+        head = text.rpartition("},")[0]
         return json.loads(head + "}]}")
 
 

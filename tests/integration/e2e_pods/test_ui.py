@@ -60,8 +60,9 @@ def run_shown_in_grid(browser, dag_id, run_id):
         " const t = b && b.textContent.trim(); return t && !t.includes('.') ? t : null; })()" % run,
         "the header of run %s of %s" % (run_id, dag_id), timeout=60)
     x, y = browser.element_center("div[data-run-id=%s] a" % run)  # the bar, the height of the run's duration
-    tooltip = None
-    for _ in range(5):  # a tooltip opens on the pointer's entering the bar: leave it, then enter again
+    tooltip, tries = None, 5
+    while tooltip is None and tries:  # a tooltip opens on the pointer's entering the bar: leave it, enter again
+        tries -= 1
         browser.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": 1, "y": 1})
         browser.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
         try:
@@ -69,9 +70,8 @@ def run_shown_in_grid(browser, dag_id, run_id):
                 "(() => { const t = Array.from(document.querySelectorAll('[data-testid=basic-tooltip]'))"
                 ".map(e => e.innerText).find(s => s.includes('Run ID: ' + %s)); return t || null; })()" % run,
                 "the grid's tooltip of run %s" % run_id, timeout=5)
-            break
         except AssertionError:
-            continue
+            pass
     grid = None
     for line in (tooltip or "").splitlines():
         if line.startswith("State: "):
