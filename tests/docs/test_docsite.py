@@ -14,20 +14,16 @@ import pathlib
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import pytest
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from headless_chromium import CHROMIUM, HEADLESS, OFFLINE, sent_off_host
+
 HTML = pathlib.Path(os.environ.get("ELASTIC_AIRFLOW_DOCS_HTML", ""))
 COLLECTION = "collections/elastic_airflow/cluster"
-CHROMIUM = shutil.which("chromium")
-# Chromium's own services (updates, accounts) try to go out in the
-# background; with these every name resolves to nothing and every request
-# goes to a proxy on 127.0.0.1:9 that does not exist.
-OFFLINE = ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost", "--proxy-server=127.0.0.1:9",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-default-apps", "--no-first-run", "--no-pings", "--disable-domain-reliability"]
-LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|\[::1\]):\d+$")
 
 
 def render(page):
@@ -36,7 +32,7 @@ def render(page):
     assert path.is_file(), "%s not built (make docs)" % path
     profile = tempfile.mkdtemp(prefix="docs-chromium-")
     try:
-        proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir=" + profile,
+        proc = subprocess.run([CHROMIUM, *HEADLESS, "--user-data-dir=" + profile,
                                *OFFLINE, "--enable-logging=stderr", "--v=0",
                                "--log-net-log=" + os.path.join(profile, "net.json"),
                                "--dump-dom", path.as_uri()],
@@ -48,20 +44,6 @@ def render(page):
         shutil.rmtree(profile, ignore_errors=True)
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     return proc.stdout, console, netlog
-
-
-def sent_off_host(netlog):
-    """Connections and datagrams the network log shows going anywhere but loopback."""
-    names = {number: name for name, number in netlog["constants"]["logEventTypes"].items()}
-    out = []
-    for event in netlog["events"]:
-        name, params = names.get(event["type"]), event.get("params") or {}
-        if name == "TCP_CONNECT":
-            addresses = params.get("address_list", []) + [params[k] for k in ("remote_address",) if k in params]
-            out += [a for a in addresses if not LOOPBACK.match(a)]
-        elif name == "UDP_BYTES_SENT":
-            out.append("UDP %s" % params.get("address", "?"))
-    return out
 
 
 def title(dom):

@@ -69,6 +69,8 @@ class Airflow:
 
     def __init__(self, base: str, password: str):
         self.base = base
+        self.username = "admin"
+        self.password = password
         self.token = self._call("POST", "/auth/token", {"username": "admin", "password": password})["access_token"]
 
     def _call(self, method, path, body=None):
