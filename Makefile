@@ -19,7 +19,7 @@ INVENTORY ?= inventories/local
 # What `make test` (and so CI) runs, in this order: cheap and static first,
 # then the control plane, the playbooks on it, and the real-server suites.
 TESTS := test-static test-unit test-cluster test-cluster-lifecycle test-playbooks molecule-local \
-         test-drain test-drain-playbook test-monitoring test-elastic test-e2e test-e2e-pods
+         test-drain test-drain-playbook test-monitoring test-elastic test-e2e
 
 .PHONY: help deps venv cluster-up cluster-down cluster-status
 
@@ -197,13 +197,21 @@ bench-controller: venv ## ElasticWorker controller: one reconcile over 1,000 pod
 	tests/services/services.sh start redis
 	python benchmarks/bench_controller.py
 
-# --- Real Airflow 3 end to end (issue 6) ------------------------------------------
+# --- Real Airflow 3 end to end, in real pods (issues 6, 13) -----------------------
 .PHONY: test-e2e test-e2e-pods test-chaos
 
-# site.yml on the real node (namespace e2e-pods), driven through its API:
-# bursts scaled out and in by the controller in its pods, a busy worker deleted.
-test-e2e-pods: venv collection-link cluster-up images ## Airflow end to end in real pods: scale out/in through drained workers, a deleted busy worker, a SIGKILLed task, a rolling template change
-	pytest -v -s -p no:cacheprovider tests/integration/e2e_pods/test_real_pods.py
+# site.yml on the real node, driven through Airflow's REST API and its UI.
+# Namespace e2e-pods (PostgreSQL, Redis, the ElasticWorker): bursts scaled out
+# and in by the controller in its pods, a busy worker deleted, a SIGKILLed
+# task, a rolling template change, a login in headless Chromium. Then, in a
+# second pytest session (to fit the 2-core node once the first namespace is
+# going), namespace e2e-pods-my (MariaDB, RabbitMQ, a fixed StatefulSet):
+# a DAG run, and playbooks/drain.yml draining two busy workers.
+test-e2e: venv collection-link cluster-up images ## Airflow end to end in real pods: scale out/in through drained workers, deleted busy worker, SIGKILLed task, rolling change, UI login, MariaDB+RabbitMQ, drain.yml
+	pytest -v -s -p no:cacheprovider tests/integration/e2e_pods/test_real_pods.py tests/integration/e2e_pods/test_ui.py
+	pytest -v -s -p no:cacheprovider tests/integration/e2e_pods/test_mysql_rabbitmq.py
+
+test-e2e-pods: test-e2e ## the former name of test-e2e
 
 # The same deployment, with one fault per case under a seeded workload of 30
 # task runs: the leader controller killed or frozen, the API server, etcd,
@@ -211,16 +219,6 @@ test-e2e-pods: venv collection-link cluster-up images ## Airflow end to end in r
 # from the broker. About 30 minutes; not part of `make test`.
 test-chaos: venv collection-link cluster-up images ## fault injection on the real node: no task lost or run twice, convergence (table at the end)
 	pytest -v -s -p no:cacheprovider tests/integration/e2e_pods/test_chaos.py
-
-# Deploys site.yml twice (namespaces e2e-pg, e2e-my; the second in the
-# background during the first's tests), reads the configuration back from the
-# API server and runs real Airflow 3.3.2 locally with it, from a separate venv
-# ($(CACHE)/airflow-venv-<hash>). Starts PostgreSQL, MariaDB and RabbitMQ if
-# they are not running (and stops what it started) and a private Redis.
-# ELASTIC_AIRFLOW_E2E_KUBECONFIG points it at another cluster.
-test-e2e: venv collection-link cluster-up ## real Airflow 3 from site.yml's config: PostgreSQL+Redis (health, DAG run, SIGKILLed worker, safe scale-in), MariaDB+RabbitMQ
-	tests/integration/e2e/airflow_venv.sh >/dev/null
-	pytest -v -s -p no:cacheprovider tests/integration/e2e/test_postgresql_redis.py tests/integration/e2e/test_mysql_rabbitmq.py
 
 # --- Images without a registry (images/, docs/images.md) ---------------------------
 .PHONY: images test-images keda-images

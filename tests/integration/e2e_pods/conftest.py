@@ -30,7 +30,7 @@ from local_cluster import SHARED_KUBECONFIG, api_fixture
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[2]
-DAGS = REPO / "tests" / "integration" / "e2e" / "dags" / "e2e_dags.py"
+DAGS = HERE / "dags" / "e2e_dags.py"
 VARS = HERE / "vars" / "postgresql-redis.yml"
 NAMESPACE = "e2e-pods"
 PREFIX = "e2e"

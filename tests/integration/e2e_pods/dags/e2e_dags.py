@@ -1,7 +1,6 @@
 """DAGs of the end-to-end tests. Each task records where it ran: the pod
-name of its Celery worker (E2E_POD_NAME, set by the local-process harness
-for the worker process of that pod; in a real pod, its hostname), so a test
-can tell which worker ran what."""
+name of its Celery worker (the worker container's hostname), so a test can
+tell which worker ran what."""
 import datetime
 import os
 import socket
@@ -13,8 +12,7 @@ DEFAULTS = {"retries": 0}
 
 
 def _pod():
-    # The local-process harness names the pod; in a real pod it is the hostname.
-    return os.environ.get("E2E_POD_NAME") or socket.gethostname()
+    return socket.gethostname()
 
 
 def _append(path, line):
