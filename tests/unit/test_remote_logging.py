@@ -97,12 +97,14 @@ def _validate(cases: dict) -> tuple[dict, str]:
         (collection / "cluster").symlink_to(ROOT)
         for name, (settings, _expect) in cases.items():
             (tmp / f"{name}.json").write_text(json.dumps(settings))
+        case_file = f"{tmp}/{{{{ inventory_hostname }}}}.json"
         tasks = [
             {"name": "Load every role's defaults and vars, then the case's settings",
-             "ansible.builtin.include_vars": "{{ item }}", "loop": var_files + [f"{tmp}/{{{{ inventory_hostname }}}}.json"],
+             "ansible.builtin.include_vars": "{{ item }}", "loop": var_files + [case_file],
              # the test's own loading of the settings; -vvv would print them (an inventory is not printed)
              "no_log": True},
-            {"block": [{"name": "Validate", "ansible.builtin.include_tasks": str(ROLES / "airflow/tasks/validate.yml")}],
+            {"block": [{"name": "Validate",
+                        "ansible.builtin.include_tasks": str(ROLES / "airflow/tasks/validate.yml")}],
              "rescue": [{"name": "Keep the failure", "ansible.builtin.set_fact": {
                  "failed_messages": "{{ ansible_failed_result.results | default([ansible_failed_result])"
                                     " | selectattr('failed', 'defined') | selectattr('failed')"
