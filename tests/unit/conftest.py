@@ -152,8 +152,15 @@ VARIANTS = {
         "database_external_peers": [{"ipBlock": {"cidr": "10.0.5.10/32"}}],
         "broker_engine": "external", "broker_external_secret": "broker", "broker_external_port": 5672,
         "git_sync_mode": "pvc", "elastic_airflow_worker_autoscaling": "none",
+        # Elasticsearch in its default mode, direct: Airflow writes the task logs itself.
         "airflow_remote_logging": "elasticsearch", "airflow_remote_logging_elasticsearch_host": "https://es.example.com:9243",
         "metrics_adapter_prometheus_url": "http://prometheus.monitoring.svc:9090",
+    },
+    # Elasticsearch fed by the user's log shipper: Airflow only reads it.
+    "elasticsearch-stdout-shipper": {
+        "airflow_remote_logging": "elasticsearch", "airflow_remote_logging_elasticsearch_host": "http://es.logging.svc:9200",
+        "airflow_remote_logging_elasticsearch_mode": "stdout", "airflow_remote_logging_elasticsearch_shipper": True,
+        "airflow_remote_logging_elasticsearch_index": "filebeat-*,airflow-logs",
     },
     "git-https-prometheus-allow-lists": {
         "git_sync_mode": "git", "git_sync_repo": "https://git.example.com:8443/org/dags.git", "git_sync_auth": "https",

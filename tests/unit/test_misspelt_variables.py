@@ -26,6 +26,18 @@ def test_a_name_the_collection_reads_outside_the_defaults_is_not_a_typo(known):
     assert mv.misspelt(["elastic_airflow_only_layers", "elastic_airflow_skip_layers"], *known) == []
 
 
+def test_the_strict_switch_is_a_documented_setting_of_the_base_role(known):
+    documented, _mentioned = known
+    assert "elastic_airflow_strict_variables" in documented
+    specs = yaml.safe_load((ROOT / "roles/elastic_airflow/meta/argument_specs.yml").read_text())["argument_specs"]
+    assert specs["main"]["options"]["elastic_airflow_strict_variables"]["type"] == "bool"
+    defaults = yaml.safe_load((ROOT / "roles/elastic_airflow/defaults/main.yml").read_text())
+    assert defaults["elastic_airflow_strict_variables"] is False
+    # and a typo of the switch itself is caught like any other
+    found = mv.misspelt(["elastic_airflow_strict_variable"], *known)
+    assert found == [{"name": "elastic_airflow_strict_variable", "closest": "elastic_airflow_strict_variables"}]
+
+
 def test_a_typo_shown_in_a_comment_is_still_a_typo(known):
     # site.yml's comment uses airflow_workr_replicas as its example
     assert "airflow_workr_replicas" not in known[1]

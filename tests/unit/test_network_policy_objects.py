@@ -244,9 +244,15 @@ CHANGES = {
     "external-pvc-none-elasticsearch": (
         [(c, "external-database", 5432) for c in AIRFLOW]
         + [(c, "internet", 5672) for c in ["scheduler", "worker", "flower", "elastic-worker-controller"]]
-        + [("api-server", "internet", 9243), ("metrics-adapter", "internet", 9090)],
+        # Elasticsearch (direct): written by what writes task logs, read by the api-server
+        + [(c, "internet", 9243) for c in ["api-server", "dag-processor", "triggerer", "worker"]]
+        + [("metrics-adapter", "internet", 9090)],
         [("worker", "another-address", 5432), ("grafana", "external-database", 5432),
-         ("api-server", "internet", 5672), ("worker", "internet", 9243), ("worker", "internet", 22)]),
+         ("api-server", "internet", 5672), ("scheduler", "internet", 9243), ("flower", "internet", 9243),
+         ("worker", "internet", 22)]),
+    "elasticsearch-stdout-shipper": (
+        [("api-server", "internet", 9200)],  # it only reads: the user's shipper writes
+        [(c, "internet", 9200) for c in ["worker", "triggerer", "dag-processor", "scheduler"]]),
     "git-https-prometheus-allow-lists": (
         [(c, "internet", 8443) for c in ["dag-processor", "triggerer", "worker"]]  # git over HTTPS, the URL's port
         + [("worker", "internet", 443),  # the user's flow tasks-https, 203.0.113.0/24
