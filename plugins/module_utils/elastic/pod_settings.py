@@ -20,10 +20,7 @@ __metaclass__ = type
 
 import re
 
-from ansible_collections.elastic_airflow.cluster.plugins.module_utils.elastic.validation import (
-    is_dns_label,
-    is_dns_subdomain,
-)
+from .validation import is_dns_label, is_dns_subdomain
 
 SCHEDULING_FIELDS = ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints", "priorityClassName")
 # Fields of a PodSecurityContext and a SecurityContext (core/v1).
