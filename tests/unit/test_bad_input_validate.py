@@ -55,13 +55,13 @@ def results():
                     "dest": f"{tmp}/{{{{ inventory_hostname }}}}.out", "content": "ACCEPTED", "mode": "0600"}},
             ], "rescue": [
                 {"name": "Refused", "ansible.builtin.copy": {
-                    "dest": f"{tmp}/{{{{ inventory_hostname }}}}.out", "content": "{{ ansible_failed_result | to_json }}",
-                    "mode": "0600"}},
+                    "dest": f"{tmp}/{{{{ inventory_hostname }}}}.out",
+                    "content": "{{ ansible_failed_result | to_json }}", "mode": "0600"}},
             ]},
         ]
-        (tmp / "validate.yml").write_text(json.dumps([{"name": "Validate the cases", "hosts": "all",
-                                                      "connection": "local", "gather_facts": False,
-                                                      "tasks": tasks}]))
+        play = {"name": "Validate the cases", "hosts": "all", "connection": "local", "gather_facts": False,
+                "tasks": tasks}
+        (tmp / "validate.yml").write_text(json.dumps([play]))
         ansible_playbook = (shutil.which("ansible-playbook")
                             or str(pathlib.Path(sys.executable).parent / "ansible-playbook"))
         env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(tmp / "collections"), ANSIBLE_NOCOLOR="1")

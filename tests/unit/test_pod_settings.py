@@ -116,7 +116,8 @@ def test_good_settings_have_no_errors():
     ({"elastic_airflow_scheduling": {"nodeselector": {}}},
      "elastic_airflow_scheduling takes only the pod spec fields"),
     ({"elastic_airflow_component_scheduling": {"workers": {}}},
-     "elastic_airflow_component_scheduling is keyed by component, one of worker, database, scheduler (unknown: workers)."),
+     "elastic_airflow_component_scheduling is keyed by component, one of worker, database, scheduler "
+     "(unknown: workers)."),
     ({"elastic_airflow_scheduling": {"nodeSelector": {"gpu": True}}},
      "elastic_airflow_scheduling.nodeSelector must map label keys to strings"),
     ({"elastic_airflow_component_scheduling": {"worker": {"tolerations": {"key": "k"}}}},

@@ -10,7 +10,6 @@ variant by test_pod_security_objects.py)."""
 from __future__ import annotations
 
 import pytest
-
 from test_pod_security_objects import pod_templates
 
 VARIANT = "platform-pod-settings-extensions"

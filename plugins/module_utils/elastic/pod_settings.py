@@ -163,9 +163,9 @@ def _metadata_errors(where, value, labels):
             continue
         if (labels and key in RESERVED_LABELS) or key.startswith(reserved_prefixes):
             own = (list(RESERVED_LABELS) if labels else []) + [prefix + "*" for prefix in reserved_prefixes]
+            kind_name = "label" if labels else "annotation"
             errors.append("%s: %r is the collection's own %s (%s): selectors, NetworkPolicies and the controller "
-                          "rely on those; choose another key." % (where, key, "label" if labels else "annotation",
-                                                                   ", ".join(own)))
+                          "rely on those; choose another key." % (where, key, kind_name, ", ".join(own)))
             continue
         if not isinstance(item, str):
             errors.append("%s: the value of %r must be a string (quote it; got %r)." % (where, key, item))
@@ -177,8 +177,8 @@ def _metadata_errors(where, value, labels):
 
 def _scheduling_errors(where, value):
     if not isinstance(value, dict):
-        return ["%s must be a mapping of pod spec fields (%s) (got %r)." % (where, ", ".join(SCHEDULING_FIELDS),
-                                                                             value)]
+        fields = ", ".join(SCHEDULING_FIELDS)
+        return ["%s must be a mapping of pod spec fields (%s) (got %r)." % (where, fields, value)]
     errors = []
     unknown = sorted(str(key) for key in value if key not in SCHEDULING_FIELDS)
     if unknown:
@@ -250,7 +250,7 @@ def pod_settings_errors(settings, components, restricted=True):
     per-component settings may use; `restricted`: whether the namespace enforces the Pod Security
     Standard `restricted`, which the security contexts must then keep."""
     checks = {
-        PAIRS[0]: lambda where, value: _scheduling_errors(where, value),
+        PAIRS[0]: _scheduling_errors,
         PAIRS[1]: lambda where, value: _metadata_errors(where, value, labels=False),
         PAIRS[2]: lambda where, value: _metadata_errors(where, value, labels=True),
         PAIRS[3]: lambda where, value: _security_context_errors(where, value, POD_SECURITY_FIELDS, restricted),
