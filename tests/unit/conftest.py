@@ -152,6 +152,8 @@ VARIANTS = {
         "database_external_peers": [{"ipBlock": {"cidr": "10.0.5.10/32"}}],
         "broker_engine": "external", "broker_external_secret": "broker", "broker_external_port": 5672,
         "git_sync_mode": "pvc", "elastic_airflow_worker_autoscaling": "none",
+        # one worker: its logs claim may be ReadWriteOnce (then the api-server does not mount it)
+        "airflow_worker_logs_persistence": True, "airflow_worker_logs_access_mode": "ReadWriteOnce",
         # Elasticsearch in its default mode, direct: Airflow writes the task logs itself.
         "airflow_remote_logging": "elasticsearch", "airflow_remote_logging_elasticsearch_host": "https://es.example.com:9243",
         "metrics_adapter_prometheus_url": "http://prometheus.monitoring.svc:9090",
@@ -214,12 +216,32 @@ VARIANTS = {
         "airflow_dag_processor_extra_env": [{"name": "DAG_ENV", "value": "prod"}],
         "airflow_triggerer_extra_init_containers": [{"name": "wait", "image": "busybox:1.36"}],
         "airflow_flower_extra_env": [{"name": "FLOWER_PURGE_OFFLINE_WORKERS", "value": "60"}],
+        "airflow_db_clean": True,
+    },
+    # Ingress for Flower (auth at the Ingress) and Grafana, the workers' logs on a shared claim,
+    # the log cleanup sidecars with another retention, and the db clean CronJob.
+    "ingresses-worker-logs-db-clean": {
+        "airflow_flower_ingress_enabled": True, "airflow_flower_ingress_host": "flower.example.com",
+        "airflow_flower_ingress_class_name": "nginx", "airflow_flower_ingress_tls_secret": "flower-tls",
+        "airflow_flower_ingress_annotations": {
+            "nginx.ingress.kubernetes.io/auth-url": "https://auth.example.com/validate"},
+        "monitoring_grafana_ingress_enabled": True, "monitoring_grafana_ingress_host": "grafana.example.com",
+        "monitoring_grafana_ingress_tls_secret": "grafana-tls",
+        "monitoring_grafana_ingress_annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
+        "elastic_airflow_network_ui_peers": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}],
+        "airflow_worker_logs_persistence": True, "airflow_worker_logs_storage_class": "nfs",
+        "airflow_worker_logs_storage_size": "50Gi",
+        "airflow_log_cleanup_retention_days": 7, "airflow_log_cleanup_interval_minutes": 5,
+        "airflow_db_clean": True, "airflow_db_clean_retention_days": 30, "airflow_db_clean_skip_archive": True,
+        "airflow_db_clean_schedule": "@daily",
     },
     "policies-off-baseline-budgets": {
         "elastic_airflow_network_policies": False,
         "namespace_pod_security_enforce": "baseline", "namespace_pod_security_warn": "",
         "airflow_api_server_disruption_budget": {"minAvailable": "50%"}, "airflow_scheduler_disruption_budget": {},
         "database_disruption_budget": {"maxUnavailable": 0},
+        "airflow_log_cleanup": False,
     },
 }
 

@@ -1,6 +1,8 @@
-"""The bad-input cases of the pod settings and extension points (tests/integration/bad_input),
-run offline through the validate entry points of the base role and the airflow role: each fails,
-and its message has the case's `expect`. tests/integration/playbooks/test_bad_input.py runs the same
+"""The bad-input cases of the pod settings and extension points, the Ingresses, and the logs and
+database hygiene settings (tests/integration/bad_input), run offline through the validate entry
+points of the base role, the airflow role and the monitoring role: each fails, and its message has
+the case's `expect`. The StorageClasses those entry points read from the cluster are given instead:
+`standard`, the default, as on the local cluster. tests/integration/playbooks/test_bad_input.py runs the same
 cases through the playbooks on a cluster (and checks that nothing changed); this shows the
 validation without one."""
 
@@ -23,9 +25,15 @@ CASES_DIR = ROOT / "tests/integration/bad_input"
 # The variables of these settings: a case that sets only such variables is run here.
 OURS = re.compile(r"^(elastic_airflow_(component_)?(scheduling|pod_labels|pod_annotations|pod_security_context"
                   r"|container_security_context)|elastic_airflow_security_context_mode"
-                  r"|airflow_[a-z_]+_extra_(env|env_from|volumes|volume_mounts|containers|init_containers))$")
+                  r"|airflow_[a-z_]+_extra_(env|env_from|volumes|volume_mounts|containers|init_containers)"
+                  r"|airflow_flower_enabled|airflow_flower_ingress_[a-z_]+|monitoring_grafana_ingress_[a-z_]+"
+                  r"|airflow_worker_logs_[a-z_]+|airflow_log_cleanup(_[a-z_]+)?|airflow_db_clean(_[a-z_]+)?"
+                  r"|elastic_airflow_worker_autoscaling|airflow_worker_replicas)$")
+# What the storage_classes entry point would read from the cluster.
+STORAGE_CLASSES = [{"metadata": {"name": "standard",
+                                 "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}}}]
 
-CASES = [case for path in ("shared.yml", "airflow.yml")
+CASES = [case for path in ("shared.yml", "airflow.yml", "monitoring.yml")
          for case in yaml.safe_load((CASES_DIR / path).read_text())
          if all(OURS.match(name) for name in case["vars"])]
 
@@ -46,11 +54,15 @@ def results():
             (tmp / f"{_host(index)}.json").write_text(json.dumps(case["vars"]))
         tasks = [
             {"name": "The case's settings", "ansible.builtin.include_vars": f"{tmp}/{{{{ inventory_hostname }}}}.json"},
+            {"name": "The cluster's StorageClasses",
+             "ansible.builtin.set_fact": {"elastic_airflow_storage_classes": STORAGE_CLASSES}},
             {"name": "Validate", "block": [
                 {"name": "Shared settings", "ansible.builtin.include_role": {
                     "name": "elastic_airflow.cluster.elastic_airflow", "tasks_from": "validate"}},
                 {"name": "Airflow settings", "ansible.builtin.include_role": {
                     "name": "elastic_airflow.cluster.airflow", "tasks_from": "validate"}},
+                {"name": "Monitoring settings", "ansible.builtin.include_role": {
+                    "name": "elastic_airflow.cluster.monitoring", "tasks_from": "validate"}},
                 {"name": "Accepted", "ansible.builtin.copy": {
                     "dest": f"{tmp}/{{{{ inventory_hostname }}}}.out", "content": "ACCEPTED", "mode": "0600"}},
             ], "rescue": [
@@ -74,7 +86,7 @@ def results():
 
 
 def test_there_are_cases():
-    assert len(CASES) >= 25
+    assert len(CASES) >= 45
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[case["name"] for case in CASES])

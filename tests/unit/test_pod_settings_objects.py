@@ -22,7 +22,7 @@ def _templates(rendered, variant=VARIANT):
 
 def _workloads(rendered, variant=VARIANT):
     return {f"{o['kind']}/{o['metadata']['name']}": o for objects in rendered[variant].values() for o in objects
-            if o["kind"] in ("Deployment", "StatefulSet", "Job", "ElasticWorker")}
+            if o["kind"] in ("Deployment", "StatefulSet", "Job", "CronJob", "ElasticWorker")}
 
 
 def _containers(template):
@@ -36,7 +36,7 @@ def _component(template):
 
 def test_every_component_has_a_pod_in_the_variant(rendered):
     assert {_component(t) for t in _templates(rendered).values()} == {
-        "api-server", "scheduler", "dag-processor", "triggerer", "worker", "flower", "migrate", "database",
+        "api-server", "scheduler", "dag-processor", "triggerer", "worker", "flower", "migrate", "db-clean", "database",
         "broker", "prometheus", "statsd-exporter", "kube-state-metrics", "grafana", "metrics-adapter",
         "elastic-worker-controller"}
 
@@ -108,7 +108,7 @@ def test_pod_labels_and_annotations_and_the_collections_win(rendered):
 
 def test_each_workload_still_selects_its_pods(rendered):
     for name, workload in _workloads(rendered).items():
-        if workload["kind"] == "Job":
+        if workload["kind"] in ("Job", "CronJob"):
             continue
         selector = workload["spec"]["selector"]["matchLabels"]
         labels = workload["spec"]["template"]["metadata"]["labels"]
