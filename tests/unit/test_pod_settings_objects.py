@@ -128,7 +128,7 @@ def test_worker_extension_points(rendered, kind):
     spec = _templates(rendered)[kind]["spec"]
     containers = {c["name"]: c for c in spec["containers"]}
     init = [c["name"] for c in spec["initContainers"]]
-    assert list(containers) == ["worker", "git-sync", "proxy"]
+    assert list(containers) == ["worker", "git-sync", "log-cleanup", "proxy"]
     assert init == ["git-sync-init", "wait-for-migrations", "prepare"]
     for airflow_container in (containers["worker"], spec["initContainers"][1]):
         assert {"name": "REQUESTS_CA_BUNDLE", "value": "/etc/ca/ca.crt"} in airflow_container["env"]
@@ -139,8 +139,9 @@ def test_worker_extension_points(rendered, kind):
     for user in (containers["proxy"], spec["initContainers"][2]):
         assert user["securityContext"]["allowPrivilegeEscalation"] is False
         assert user["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    # Only the worker's settings: the git-sync containers get none of them.
+    # Only the worker's Airflow containers: the git-sync and log-cleanup containers get none of them.
     assert "REQUESTS_CA_BUNDLE" not in str(containers["git-sync"])
+    assert "REQUESTS_CA_BUNDLE" not in str(containers["log-cleanup"]) and "worker-env" not in str(containers["log-cleanup"])
 
 
 def test_other_components_extension_points(rendered):
@@ -148,7 +149,7 @@ def test_other_components_extension_points(rendered):
     api = templates["Deployment/airflow-api-server"]["spec"]["containers"][0]
     assert {"configMapRef": {"name": "api-env"}, "prefix": "API_"} in api["envFrom"]
     assert [c["name"] for c in templates["Deployment/airflow-scheduler"]["spec"]["containers"]] == [
-        "scheduler", "log-shipper"]
+        "scheduler", "log-cleanup", "log-shipper"]
     assert {"name": "DAG_ENV", "value": "prod"} in templates["Deployment/airflow-dag-processor"]["spec"][
         "containers"][0]["env"]
     assert templates["StatefulSet/airflow-triggerer"]["spec"]["initContainers"][-1]["name"] == "wait"
