@@ -12,6 +12,7 @@ allow test_network_policy_objects.py's.
 
 from __future__ import annotations
 
+import datetime
 import os
 import pathlib
 import shutil
@@ -20,7 +21,6 @@ import subprocess
 import time
 
 import pytest
-
 from test_pod_security_objects import pod_templates
 
 VARIANT = "ingresses-worker-logs-db-clean"
@@ -209,7 +209,6 @@ def test_the_cutoff_is_retention_days_before_now_in_utc(rendered):
                          env=dict(os.environ, RETENTION_DAYS="30"), capture_output=True, text=True, check=True)
     words = run.stdout.split()
     assert words[:3] == ["db", "clean", "--clean-before-timestamp"]
-    import datetime
     cutoff = datetime.datetime.fromisoformat(words[3])
     expected = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=30)
     assert abs((cutoff - expected).total_seconds()) < 60
@@ -262,4 +261,5 @@ def test_the_api_server_ingress_is_unchanged(rendered):
 def test_no_ingress_by_default(rendered):
     assert not [o for o in _objects(rendered, "defaults") if o["kind"] == "Ingress"]
     deployment = _named(rendered, "defaults", "Deployment", "airflow-grafana")
-    assert "GF_SERVER_ROOT_URL" not in [e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]]
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert "GF_SERVER_ROOT_URL" not in [e["name"] for e in env]

@@ -163,7 +163,8 @@ def cluster_of(objects: list[dict]) -> Cluster:
     for obj in objects:
         if obj["kind"] not in ("Deployment", "StatefulSet", "Job", "CronJob", "ElasticWorker"):
             continue
-        template = obj["spec"]["jobTemplate"]["spec"]["template"] if obj["kind"] == "CronJob" else obj["spec"]["template"]
+        spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+        template = spec["template"]
         labels = template["metadata"]["labels"]
         ports = [p for c in template["spec"]["containers"] for p in c.get("ports") or []]
         ip = f"198.18.0.{len(endpoints) + 10}"

@@ -141,7 +141,8 @@ def test_worker_extension_points(rendered, kind):
         assert user["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     # Only the worker's Airflow containers: the git-sync and log-cleanup containers get none of them.
     assert "REQUESTS_CA_BUNDLE" not in str(containers["git-sync"])
-    assert "REQUESTS_CA_BUNDLE" not in str(containers["log-cleanup"]) and "worker-env" not in str(containers["log-cleanup"])
+    assert "REQUESTS_CA_BUNDLE" not in str(containers["log-cleanup"])
+    assert "worker-env" not in str(containers["log-cleanup"])
 
 
 def test_other_components_extension_points(rendered):
