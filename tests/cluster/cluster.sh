@@ -557,6 +557,8 @@ cmd_restart() { # name
     *) die "restart: unknown component '$name' (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, containerd)" ;;
   esac
   alive "$name" || die "restart: $name is not running"
+  # The readiness checks below call kubectl ($BIN), which `up` sets.
+  BIN=$(cat "$STATE/bin")
   pid=$(pid_of "$name")
   mapfile -d '' argv <"/proc/$pid/cmdline"
   stop_component "$name"
