@@ -322,12 +322,29 @@ def run_mode(e2e, core, mode, workloads, tmp, seed):
                      if k != "scale_out_by_burst"})))
     finally:
         if mode == "keda":
+            # While the operator runs: it removes the ScaledObject's finalizer and its HPA.
             kubectl("delete", "scaledobject", "%s-worker" % PREFIX, "--ignore-not-found", "--wait=true",
-                    "--timeout=300s", check=False)
+                    "--timeout=240s", check=False)
+            # Should the operator not have done it, nothing else would: the namespace would hang.
+            kubectl("patch", "scaledobject", "%s-worker" % PREFIX, "--type=merge", "-p",
+                    '{"metadata": {"finalizers": null}}', check=False)
             if installed:
                 keda.uninstall(kubectl, installed)
-        kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=true", "--timeout=900s", check=False)
+        # Gone before the next mode starts: two Airflows do not fit the 2-core node.
+        kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)
+        e2e.wait_for(lambda: not _namespace_exists(core, ns), 900, "namespace %s gone" % ns, interval=5)
     return runs
+
+
+def _namespace_exists(core, ns):
+    from kubernetes import client
+    try:
+        core.read_namespace(ns)
+        return True
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
 
 
 # --- Report ---------------------------------------------------------------------------

@@ -183,7 +183,9 @@ def install_objects(config_dir, version=None):
 
 def apply(kubectl, objects):
     """Server-side apply, one object at a time (the CRDs are too big for the
-    client-side annotation), each with the namespace it names."""
+    client-side annotation), each with the namespace it names. ``kubectl`` is
+    tests/integration/e2e_pods/conftest.py's (its calls time out after 300 s:
+    the waits below stay under that)."""
     for obj in objects:
         ns = obj["metadata"].get("namespace", NAMESPACE)
         kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=bench-autoscale", "-f", "-",
@@ -194,7 +196,7 @@ def install(kubectl, wait_for, config_dir=None):
     objects = install_objects(config_dir or module_config_dir())
     apply(kubectl, objects)
     for name in ("keda-operator", "keda-metrics-apiserver"):
-        kubectl("rollout", "status", "deployment/%s" % name, "--timeout=300s", namespace=NAMESPACE)
+        kubectl("rollout", "status", "deployment/%s" % name, "--timeout=240s", namespace=NAMESPACE)
 
     def available():
         out = kubectl("get", "apiservice", APISERVICE, "-o",
@@ -210,7 +212,7 @@ def uninstall(kubectl, objects):
     for obj in reversed(objects):
         ns = obj["metadata"].get("namespace", NAMESPACE)
         kubectl("delete", resource(obj), obj["metadata"]["name"], "--ignore-not-found",
-                "--wait=true", "--timeout=300s", namespace=ns, check=False)
+                "--wait=true", "--timeout=240s", namespace=ns, check=False)
 
 
 def resource(obj):
