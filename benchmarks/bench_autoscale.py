@@ -420,6 +420,9 @@ def finish(all_runs, args, e2e, out_dir):
     except ImportError as exc:
         print("no plot (%s): make venv installs matplotlib (requirements-dev.txt)" % exc)
         plot_path = None
+    except Exception as exc:  # the figures matter more than the picture: report and go on
+        print("no plot: %r" % exc)
+        plot_path = None
     sec = report.section(header, tables, target_lines, "performance-autoscale.png" if plot_path else None)
     (out_dir / "table.md").write_text(sec + "\n")
     if args.docs:
