@@ -135,6 +135,22 @@ test-drain-playbook: venv ## playbooks/drain.yml on a private local control plan
 bench-drain: venv ## seconds to drain an idle Celery worker on real Redis and RabbitMQ (target <= 5 s; exits 1 if missed)
 	$(PY) benchmarks/bench_drain.py
 
+# --- Autoscaling against KEDA and fixed fleets (issue 17) ---------------------------
+.PHONY: bench-autoscale
+BENCH_AUTOSCALE_ARGS ?=
+
+# Not part of `make bench` (CI) nor `make test`: on the shared cluster's real
+# node it deploys Airflow four times (elastic, keda, fixed-max, fixed-min, in
+# turn, one namespace each) and runs two seeded workloads in each; about
+# 100 min for one repetition. KEDA's images are built on first use (a cold
+# build takes many minutes) and imported with the local inventory's. Writes
+# docs/performance.md and docs/performance-autoscale.png; exits 1 when a
+# target is missed. `python benchmarks/bench_autoscale.py --dry-run` prints
+# what it would run. BENCH_AUTOSCALE_ARGS: e.g. --repetitions 2, --modes elastic,keda.
+bench-autoscale: venv collection-link cluster-up images ## elastic vs KEDA (the chart's setup) vs fixed fleets on real Airflow: cost, queue wait, scale-out/in, lost tasks (~100 min; exits 1 if a target is missed)
+	nice -n 19 images/build.sh --import $(CLUSTER_CONTAINERD_SOCK) keda-operator keda-metrics-apiserver
+	python benchmarks/bench_autoscale.py --docs $(BENCH_AUTOSCALE_ARGS)
+
 # --- Every benchmark ------------------------------------------------------------
 .PHONY: bench
 BENCHMARKS := bench-drain bench-controller bench-converge
