@@ -149,6 +149,7 @@ BENCH_AUTOSCALE_ARGS ?=
 # what it would run. BENCH_AUTOSCALE_ARGS: e.g. --repetitions 2, --modes elastic,keda.
 bench-autoscale: venv collection-link cluster-up images ## elastic vs KEDA (the chart's setup) vs fixed fleets on real Airflow: cost, queue wait, scale-out/in, lost tasks (~100 min; exits 1 if a target is missed)
 	nice -n 19 images/build.sh --import $(CLUSTER_CONTAINERD_SOCK) keda-operator keda-metrics-apiserver
+	$(VENV)/bin/pip install --quiet -r benchmarks/autoscale/requirements.txt
 	python benchmarks/bench_autoscale.py --docs $(BENCH_AUTOSCALE_ARGS)
 
 # --- Every benchmark ------------------------------------------------------------
