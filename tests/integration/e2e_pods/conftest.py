@@ -18,6 +18,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -79,8 +80,19 @@ class Airflow:
             headers["Authorization"] = "Bearer " + self.token
         req = urllib.request.Request(self.base + path, method=method, headers=headers,
                                      data=None if body is None else json.dumps(body).encode())
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read() or b"null")
+        # The port-forward is started again when it ends (PortForward): a
+        # refused connection is retried for a minute, an HTTP error is not.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    return json.loads(resp.read() or b"null")
+            except urllib.error.HTTPError:
+                raise
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
 
     def dag_known(self, dag_id):
         try:
@@ -168,12 +180,41 @@ def deploy(core, namespace, vars_file):
     assert again.returncode == 0 and " changed=0 " in again.stdout, again.stdout[-3000:]
 
 
+class PortForward(threading.Thread):
+    """`kubectl port-forward` to a Service, started again whenever it exits:
+    it runs through the API server, so a restarted API server (test_chaos)
+    ends it."""
+
+    def __init__(self, namespace, service, port, target):
+        super().__init__(daemon=True)
+        self.argv = [kubectl_path(), "--kubeconfig", SHARED_KUBECONFIG, "-n", namespace, "port-forward",
+                     "--address", "127.0.0.1", f"svc/{service}", f"{port}:{target}"]
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.proc = None
+
+    def run(self):
+        while True:
+            with self.lock:
+                if self.stopping.is_set():
+                    return
+                self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.proc.wait()
+            self.stopping.wait(1)
+
+    def stop(self):
+        with self.lock:
+            self.stopping.set()
+            if self.proc:
+                self.proc.terminate()
+                self.proc.wait(10)
+
+
 @contextlib.contextmanager
 def forwarded_airflow(namespace, port):
     """The api-server's Service on 127.0.0.1:port, and its REST API as admin."""
-    forward = subprocess.Popen(
-        [kubectl_path(), "--kubeconfig", SHARED_KUBECONFIG, "-n", namespace, "port-forward", "--address",
-         "127.0.0.1", f"svc/{PREFIX}-api-server", f"{port}:8080"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    forward = PortForward(namespace, f"{PREFIX}-api-server", port, 8080)
+    forward.start()
     try:
         wait_for(lambda: _listening(port), 30, "the api-server port-forward")
         password = base64.b64decode(kubectl("get", "secret", f"{PREFIX}-airflow-passwords",
@@ -182,8 +223,7 @@ def forwarded_airflow(namespace, port):
         wait_for(lambda: af.dag_known("e2e_sleep_append"), 180, "the e2e DAGs parsed from the claim", interval=3)
         yield af
     finally:
-        forward.terminate()
-        forward.wait(10)
+        forward.stop()
 
 
 @pytest.fixture(scope="session")

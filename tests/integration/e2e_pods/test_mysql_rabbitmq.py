@@ -25,11 +25,10 @@ from conftest import (
     HERE,
     REPO,
     RESULTS,
-    SHARED_KUBECONFIG,
+    PortForward,
     deploy,
     forwarded_airflow,
     kubectl,
-    kubectl_path,
     results,
     wait_for,
     worker_pods,
@@ -93,9 +92,8 @@ def test_drain_playbook_drains_two_busy_workers_and_loses_no_task(deployed_my, a
     url = urllib.parse.urlsplit(base64.b64decode(
         kubectl("get", "secret", "e2e-broker", "-o", "jsonpath={.data.url}", namespace=NAMESPACE)).decode())
     local = url._replace(netloc=f"{url.netloc.rpartition('@')[0]}@127.0.0.1:{BROKER_PORT}").geturl()
-    forward = subprocess.Popen([kubectl_path(), "--kubeconfig", SHARED_KUBECONFIG, "-n", NAMESPACE, "port-forward",
-                                "--address", "127.0.0.1", "svc/e2e-broker", f"{BROKER_PORT}:{url.port or 5672}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    forward = PortForward(NAMESPACE, "e2e-broker", BROKER_PORT, url.port or 5672)
+    forward.start()
     try:
         with tempfile.NamedTemporaryFile("w", suffix=".yml") as extra:
             os.chmod(extra.name, 0o600)
@@ -108,8 +106,7 @@ def test_drain_playbook_drains_two_busy_workers_and_loses_no_task(deployed_my, a
                                   cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
             took = time.time() - t0
     finally:
-        forward.terminate()
-        forward.wait(10)
+        forward.stop()
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     leaked = url.password in proc.stdout + proc.stderr
     assert not leaked, "drain.yml printed the broker password"
