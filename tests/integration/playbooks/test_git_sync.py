@@ -59,7 +59,9 @@ def test_git_mode_converges_with_git_sync_in_every_pod_that_reads_dags(git_clust
         assert "git-sync-init" in [c["name"] for c in pod["initContainers"]], component
         assert pod["securityContext"]["fsGroup"] == 65533, component
     scheduler = _json("get", "deployment", f"{CLUSTER}-scheduler")["spec"]["template"]["spec"]
-    assert [c["name"] for c in scheduler["containers"]] == ["scheduler"]
+    # No git-sync there (its log-cleanup sidecar is the only other container).
+    assert [c["name"] for c in scheduler["containers"]] == ["scheduler", "log-cleanup"]
+    assert not [c for c in scheduler.get("initContainers", []) if c["name"].startswith("git-sync")]
     env = _json("get", "configmap", f"{CLUSTER}-airflow-env")["data"]
     assert env["AIRFLOW__CORE__DAGS_FOLDER"].endswith("/dags"), env["AIRFLOW__CORE__DAGS_FOLDER"]
     secret = _json("get", "secret", "-l", GIT_SYNC_SECRETS)["items"]
