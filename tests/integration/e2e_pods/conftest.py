@@ -226,14 +226,31 @@ def forwarded_airflow(namespace, port):
         forward.stop()
 
 
+@contextlib.contextmanager
+def deployment(api, namespace, vars_file):
+    """deploy(), then the namespace deleted at the end."""
+    core = client.CoreV1Api(api)
+    deploy(core, namespace, vars_file)
+    try:
+        yield core
+    finally:
+        # Not waited for: the workers' warm shutdown may take their grace period.
+        core.delete_namespace(namespace)
+
+
+def wait_runs(airflow, dag_id, run_ids, timeout):
+    """The final states of these runs, once every one is success or failed."""
+    def done():
+        states = [airflow.run(dag_id, r)["state"] for r in run_ids]
+        return states if all(s in ("success", "failed") for s in states) else None
+    return wait_for(done, timeout, f"{len(run_ids)} runs of {dag_id} to finish", interval=3)
+
+
 @pytest.fixture(scope="session")
 def deployed(api):
     """site.yml on the real node (PostgreSQL, Redis, the ElasticWorker), once."""
-    core = client.CoreV1Api(api)
-    deploy(core, NAMESPACE, VARS)
-    yield core
-    # Not waited for: the workers' warm shutdown may take their grace period.
-    core.delete_namespace(NAMESPACE)
+    with deployment(api, NAMESPACE, VARS) as core:
+        yield core
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from conftest import NAMESPACE, PREFIX, REPO, RESULTS, VARS, kubectl, results, wait_for, worker_pods
+from conftest import NAMESPACE, PREFIX, REPO, RESULTS, VARS, kubectl, results, wait_for, wait_runs, worker_pods
 from local_cluster import SHARED_KUBECONFIG
 
 DAG = "e2e_sleep_append"
@@ -182,10 +182,7 @@ class Workload:
         return [self.airflow.run(DAG, r)["state"] for r in self.run_ids]
 
     def wait(self, timeout):
-        def done():
-            states = self.states()
-            return states if all(s in ("success", "failed") for s in states) else None
-        return wait_for(done, timeout, f"{len(self.run_ids)} runs to finish", interval=3)
+        return wait_runs(self.airflow, DAG, self.run_ids, timeout)
 
 
 @pytest.mark.parametrize(("index", "fault"), list(enumerate(FAULTS)), ids=[f[0] for f in FAULTS])

@@ -19,18 +19,18 @@ import time
 import urllib.parse
 
 import pytest
-from kubernetes import client
 
 from conftest import (
     HERE,
     REPO,
     RESULTS,
     PortForward,
-    deploy,
+    deployment,
     forwarded_airflow,
     kubectl,
     results,
     wait_for,
+    wait_runs,
     worker_pods,
 )
 
@@ -43,23 +43,14 @@ DAG = "e2e_sleep_append"
 
 @pytest.fixture(scope="module")
 def deployed_my(api):
-    core = client.CoreV1Api(api)
-    deploy(core, NAMESPACE, VARS)
-    yield core
-    core.delete_namespace(NAMESPACE)
+    with deployment(api, NAMESPACE, VARS) as core:
+        yield core
 
 
 @pytest.fixture(scope="module")
 def airflow_my(deployed_my):
     with forwarded_airflow(NAMESPACE, API_PORT) as af:
         yield af
-
-
-def wait_runs(airflow, run_ids, timeout):
-    def done():
-        states = [airflow.run(DAG, r)["state"] for r in run_ids]
-        return states if all(s in ("success", "failed") for s in states) else None
-    return wait_for(done, timeout, f"{len(run_ids)} runs of {DAG} to finish", interval=3)
 
 
 def test_mysql_rabbitmq_variant_boots_and_a_dag_succeeds(deployed_my, airflow_my):
@@ -69,7 +60,7 @@ def test_mysql_rabbitmq_variant_boots_and_a_dag_succeeds(deployed_my, airflow_my
     path = f"{RESULTS}/hello-{os.urandom(3).hex()}.txt"
     airflow_my.unpause(DAG)
     run_id = airflow_my.trigger(DAG, {"path": path, "seconds": 1}, f"hello-{os.urandom(3).hex()}")["dag_run_id"]
-    assert wait_runs(airflow_my, [run_id], 300) == ["success"]
+    assert wait_runs(airflow_my, DAG, [run_id], 300) == ["success"]
     assert [line[0] for line in results(deployed_my, path, NAMESPACE)] == [run_id]
 
 
@@ -110,7 +101,7 @@ def test_drain_playbook_drains_two_busy_workers_and_loses_no_task(deployed_my, a
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     leaked = url.password in proc.stdout + proc.stderr
     assert not leaked, "drain.yml printed the broker password"
-    states = wait_runs(airflow_my, run_ids, 600)
+    states = wait_runs(airflow_my, DAG, run_ids, 600)
     wait_for(lambda: {p.metadata.name for p in worker_pods(core, NAMESPACE)} == {"e2e-worker-0"}, 180,
              "the StatefulSet down to e2e-worker-0")
     lines = results(core, path, NAMESPACE)

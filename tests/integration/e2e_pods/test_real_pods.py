@@ -16,16 +16,9 @@ import subprocess
 import threading
 import time
 
-from conftest import REPO, RESULTS, VARS, kubectl, results, wait_for, worker_pods
+from conftest import REPO, RESULTS, VARS, kubectl, results, wait_for, wait_runs, worker_pods
 
 DAG = "e2e_sleep_append"
-
-
-def _wait_runs(airflow, run_ids, timeout):
-    def done():
-        states = [airflow.run(DAG, r)["state"] for r in run_ids]
-        return states if all(s in ("success", "failed") for s in states) else None
-    return wait_for(done, timeout, f"{len(run_ids)} runs of {DAG} to finish", interval=3)
 
 
 def assert_deleted_through_drains(pods):
@@ -62,7 +55,7 @@ def test_bursts_scale_out_and_in_through_drained_idle_workers(deployed, airflow,
         for i in range(4):
             run_ids.append(airflow.trigger(DAG, {"path": path, "seconds": 30},
                                            f"burst{burst}-{i}-{os.urandom(3).hex()}")["dag_run_id"])
-    states = _wait_runs(airflow, run_ids, 900)
+    states = wait_runs(airflow, DAG, run_ids, 900)
     finished = time.time()
     lines = results(core, path)
     # Scale-in: back to one worker once the load is gone (back-off 20 s).
@@ -99,7 +92,7 @@ def test_deleted_busy_worker_finishes_its_task_or_retries_it(deployed, airflow, 
     pod = host.split(".")[0]
     t0 = time.time()
     kubectl("delete", "pod", pod, "--wait=false")
-    state = _wait_runs(airflow, [run_id], 600)[0]
+    state = wait_runs(airflow, DAG, [run_id], 600)[0]
     gone = wait_for(lambda: pod not in {p.metadata.name for p in worker_pods(core)}, 120, f"{pod} gone")
     lines = results(core, path)
     assert state == "success", state
@@ -148,7 +141,7 @@ def test_rolling_change_of_the_worker_template_drains_every_old_worker(deployed,
                            str(REPO / "playbooks" / "site.yml"), "-e", "@" + str(VARS), "-e", json.dumps(grace)],
                           cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-4000:]
-    states = _wait_runs(airflow, run_ids, 900)
+    states = wait_runs(airflow, DAG, run_ids, 900)
 
     def rolled():
         pods = worker_pods(core)
