@@ -110,8 +110,8 @@ test-cluster: deps venv ## control plane (KWOK) and real node tests (probes, log
 test-cluster-lifecycle: venv ## cluster.sh up/status/down leave nothing behind (private cluster)
 	pytest -v -s -p no:cacheprovider tests/cluster/test_lifecycle.py
 
-molecule-local: venv collection-link ## molecule test -s local (the embedded control plane)
-	molecule test -s local
+molecule-local: venv collection-link ## molecule test on the local cluster (ELASTIC_AIRFLOW_MOLECULE_CLUSTER=local; plain `molecule test` uses kind)
+	ELASTIC_AIRFLOW_MOLECULE_CLUSTER=local molecule test
 
 .PHONY: test-playbooks bench-converge
 

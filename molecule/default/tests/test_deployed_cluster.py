@@ -1,6 +1,6 @@
-"""Molecule verifier (pytest-testinfra) for the `local` scenario: the host
-side of the embedded control plane, then the API side of what site.yml
-deployed."""
+"""Molecule verifier (pytest-testinfra): the API side of what site.yml deployed and, inside
+its running containers, what the components see. On the local cluster also the host side of
+the embedded control plane (those cases are skipped on kind, whose control plane is not ours)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,26 @@ import json
 import os
 import pathlib
 
+import pytest
+
+CLUSTER = os.environ.get("ELASTIC_AIRFLOW_MOLECULE_CLUSTER") or "kind"
 CACHE = pathlib.Path(os.environ.get("ELASTIC_AIRFLOW_CACHE", pathlib.Path.home() / ".cache" / "elastic-airflow"))
-KUBECONFIG = CACHE / "run" / "cluster" / "kubeconfig"
+# molecule.yml: kind's kubeconfig is in Molecule's ephemeral directory ($KUBECONFIG).
+KUBECONFIG = CACHE / "run" / "cluster" / "kubeconfig" if CLUSTER == "local" else pathlib.Path(os.environ["KUBECONFIG"])
 NAMESPACE = "airflow"
 PREFIX = "airflow"
+local_cluster_only = pytest.mark.skipif(CLUSTER != "local", reason="the local cluster's host processes")
+
+
+def kubectl_command(host):
+    if CLUSTER != "local":
+        return f"kubectl --kubeconfig {KUBECONFIG}"
+    bin_dir = host.check_output(f"{os.environ['MOLECULE_PROJECT_DIRECTORY']}/tests/cluster/build.sh 2>/dev/null")
+    return f"{bin_dir}/kubectl --kubeconfig {KUBECONFIG}"
 
 
 def kubectl(host, *args):
-    bin_dir = host.check_output(f"{os.environ['MOLECULE_PROJECT_DIRECTORY']}/tests/cluster/build.sh 2>/dev/null")
-    return json.loads(host.check_output(f"{bin_dir}/kubectl --kubeconfig {KUBECONFIG} {' '.join(args)} -o json"))
+    return json.loads(host.check_output(f"{kubectl_command(host)} {' '.join(args)} -o json"))
 
 
 def test_kubeconfig_is_private(host):
@@ -25,12 +36,14 @@ def test_kubeconfig_is_private(host):
     assert kubeconfig.mode & 0o077 == 0
 
 
+@local_cluster_only
 def test_control_plane_and_node_processes_run(host):
     for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
                  "containerd", "kubelet", "kube-proxy"):
         assert host.process.filter(comm=name[:15]), f"{name} is not running"
 
 
+@local_cluster_only
 def test_api_server_listens_on_the_node_address_only(host):
     # The real node's bridge address (ours, 198.18.0.1): pods reach the API there.
     api = [s for s in host.socket.get_listening_sockets() if s.endswith(":16443")]
@@ -62,12 +75,10 @@ def test_secrets_were_generated(host):
     assert {"fernet-key", "api-secret-key", "jwt-secret", "database-password", "broker-password"} <= set(secret["data"])
 
 
-# --- Inside the real containers (the real node runs them) ------------------------
+# --- Inside the running containers ------------------------
 
 def exec_in(host, workload, *command):
-    bin_dir = host.check_output(f"{os.environ['MOLECULE_PROJECT_DIRECTORY']}/tests/cluster/build.sh 2>/dev/null")
-    return host.run(f"{bin_dir}/kubectl --kubeconfig {KUBECONFIG} -n {NAMESPACE} exec {workload} -- "
-                    + " ".join(command))
+    return host.run(f"{kubectl_command(host)} -n {NAMESPACE} exec {workload} -- " + " ".join(command))
 
 
 def airflow_config(host, section, key):
