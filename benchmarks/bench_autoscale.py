@@ -354,7 +354,7 @@ def versions(e2e):
     galaxy = yaml.safe_load((REPO / "galaxy.yml").read_text())
     local = yaml.safe_load((REPO / "inventories" / "local" / "group_vars" / "elastic_airflow.yml").read_text())
     kube = "?"
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception):  # --report without a cluster: the version stays "?"
         kube = json.loads(e2e.kubectl("version", "-o", "json", namespace="default"))["serverVersion"]["gitVersion"]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
@@ -467,6 +467,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=workload.SEED,
                         help="the workload seed (fixed; a change goes into the CHANGELOG)")
     parser.add_argument("--docs", action="store_true", help="write the results into docs/performance.md")
+    parser.add_argument("--report", metavar="RUNS_JSON", type=pathlib.Path,
+                        help="no run: report (and with --docs, write) from the runs.json a run kept, e.g. one "
+                             "cut short; modes it lacks are 'not measured'")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the schedules, the modes' variables and the ScaledObject; touch no cluster")
     args = parser.parse_args(argv)
@@ -477,6 +480,12 @@ def main(argv=None):
         parser.error("unknown mode or workload: %s" % ", ".join(bad))
     if args.dry_run:
         return dry_run(args)
+    if args.report:
+        sys.path.insert(0, str(E2E))
+        import conftest as e2e
+        runs = json.loads(args.report.read_text())
+        args.repetitions = max([run["repetition"] for run in runs] or [0])
+        return finish(runs, args, e2e, args.report.parent)
 
     sys.path.insert(0, str(E2E))
     from kubernetes import client, config
