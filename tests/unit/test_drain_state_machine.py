@@ -91,7 +91,7 @@ def make(loads=None, timeout=10, store=None, **kw):
     ctl = FakeControl(loads=loads, **{k: v for k, v in kw.items() if k in ("alive", "queues")})
     store = store if store is not None else RecordingStore()
     dr = d.Drain(ctl, store, "w-0", hostname=H, timeout=timeout, poll_interval=1, clock=clock, sleep=clock.sleep,
-                 **{k: v for k, v in kw.items() if k in ("settle_polls", "max_restore_attempts")})
+                 **{k: v for k, v in kw.items() if k in ("settle_polls", "settle_interval", "max_restore_attempts")})
     return dr, ctl, store, clock
 
 
@@ -111,7 +111,30 @@ def test_idle_worker_drains_through_every_phase():
     assert st.queues == ["default"]
     assert st.tasks_finished == 0
     assert store.get("w-0")["phase"] == "drained"
-    assert st.seconds == pytest.approx(1.0)  # two idle polls, one interval apart
+    assert st.seconds == pytest.approx(0.1)  # two idle polls, settle_interval apart
+
+
+def test_idle_polls_come_settle_interval_apart_busy_ones_poll_interval_apart():
+    sleeps = []
+    loads = [busy("a"), WorkerLoad(), busy("b"), WorkerLoad(), WorkerLoad()]
+    dr, ctl, _unused, clock = make(loads=loads, settle_interval=0.2)
+    dr.sleep = lambda s: (sleeps.append(s), clock.sleep(s))
+    st = dr.run()
+    assert st.phase == "drained"
+    # busy -> 1 s; idle (1 of 2) -> 0.2 s; busy again: the streak restarts -> 1 s; idle -> 0.2 s; idle: drained
+    assert sleeps == [1.0, 0.2, 1.0, 0.2]
+    # the settle polls are the same polls, and the final check still asks what it consumes
+    assert ctl.calls.count("workload") == 5 and ctl.calls[-1] == "queues"
+
+
+def test_next_poll_in_is_poll_interval_outside_the_settle_polls():
+    dr, _unused, _unused, _unused = make(loads=[busy("a")])
+    assert dr.next_poll_in() == 1.0  # not begun
+    dr.step()
+    assert dr.next_poll_in() == 1.0 and dr.next_poll_in(0.05) == 0.05  # busy; an explicit interval wins
+    dr, _unused, _unused, _unused = make(settle_polls=3)
+    dr.step()
+    assert dr.next_poll_in() == 0.1 and dr.next_poll_in(0.05) == 0.05  # never longer than the poll interval
 
 
 def test_busy_worker_waits_for_active_reserved_and_scheduled():
@@ -404,6 +427,7 @@ def test_transient_cancel_error_is_retried():
     ({"timeout": -1}, "timeout must be"),
     ({"timeout": True}, "timeout must be"),
     ({"poll_interval": 0}, "poll_interval must be"),
+    ({"settle_interval": 0}, "settle_interval must be"),
     ({"settle_polls": 0}, "settle_polls"),
 ])
 def test_invalid_arguments(kw, msg):
@@ -431,6 +455,18 @@ def test_run_all_drives_drains_concurrently():
     assert clock.t - 1000 <= 12
     assert set(seen) == {"w-1", "w-2"}
     assert d.run_all([]) == []
+
+
+def test_run_all_waits_the_shortest_next_poll_of_the_drains_still_going():
+    clock, sleeps = Clock(), []
+    store = d.MemoryStore()
+    idle = d.Drain(FakeControl(), store, "w-1", timeout=30, poll_interval=1, clock=clock, sleep=clock.sleep)
+    busy_one = d.Drain(FakeControl(loads=[busy("b")] * 2), store, "w-2", timeout=30, poll_interval=1, clock=clock,
+                       sleep=clock.sleep)
+    out = d.run_all([idle, busy_one], sleep=lambda s: (sleeps.append(s), clock.sleep(s)))
+    assert [s.phase for s in out] == ["drained", "drained"]
+    assert sleeps[0] == pytest.approx(0.1)  # w-1 is settling, w-2 is busy
+    assert sleeps[1:] == [1.0, 0.1]  # then w-2 alone: busy, idle once, drained
 
 
 # --- stores --------------------------------------------------------------------------------

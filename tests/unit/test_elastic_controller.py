@@ -3,6 +3,8 @@ import json
 import os
 import sys
 
+import pytest
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(_ROOT, "plugins", "module_utils"))
 
@@ -255,3 +257,24 @@ def test_a_5xx_on_one_pods_record_patch_does_not_stop_the_others():
     report = rec.reconcile_elastic_worker(ew(0))  # settle: idle on two polls
     assert report["drains"]["w-b"] == "drained" and "drain of w-a" in report["failures"]
     assert json.loads(kube.pods["w-b"]["metadata"]["annotations"][DRAIN_ANNOTATION])["phase"] == "drained"
+
+
+def test_a_pass_comes_back_sooner_while_an_idle_workers_drain_settles():
+    pods = [owned("w-a"), owned("w-b")]
+    rec = reconciler(ApiKube(pods), pods, FakeCelery())
+    report = rec.reconcile_elastic_worker(ew(1))  # scale in by one: the drain starts and sees it idle once
+    assert list(report["drains"].values()) == ["draining"]
+    assert report["requeue_after"] == pytest.approx(0.1)  # Drain.settle_interval, not DRAIN_POLL_SECONDS
+    report = rec.reconcile_elastic_worker(ew(1))
+    assert list(report["drains"].values()) == ["drained"]
+
+
+def test_a_pass_comes_back_after_the_drain_poll_while_the_worker_is_busy():
+    celery = FakeCelery()
+    celery.workload = lambda hosts: dict((h, WorkerLoad(active=("t1",))) for h in hosts)
+    draining = {"version": 1, "phase": "draining", "hostname": "celery@w-a", "queues": [], "started": 990.0,
+                "deadline": 2000.0, "tasks": []}
+    pods = [owned("w-a", record=draining), owned("w-b")]
+    report = reconciler(ApiKube(pods), pods, celery).reconcile_elastic_worker(ew(1))
+    assert report["drains"] == {"w-a": "draining"}
+    assert report["requeue_after"] == C.DRAIN_POLL_SECONDS

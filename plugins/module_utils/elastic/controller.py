@@ -460,6 +460,9 @@ class Reconciler:
         report["drains"][pname] = status.phase
         if started:
             report["actions"].append("drain %s: %s" % (pname, status.phase))
+        if not status.done:  # sooner while an idle worker is being confirmed idle (Drain.next_poll_in)
+            report["requeue_after"] = min(report["requeue_after"],
+                                          self._drains[uid].next_poll_in(DRAIN_POLL_SECONDS))
         if status.done and status.phase != DRAINED:  # restored (timeout), gone, failed
             self._drains.pop(uid, None)
             if status.reason == "timeout":

@@ -275,6 +275,10 @@ class Drain:
     ``timeout``: seconds from the start of the drain until it is given up and
     rolled back (> 0). ``poll_interval``: seconds between polls in :meth:`run`.
     ``settle_polls``: how many polls in a row must see the worker idle.
+    ``settle_interval``: seconds between those polls once one saw it idle
+    (:meth:`next_poll_in`): an idle worker is confirmed idle, and checked to
+    consume nothing, in about that time rather than ``poll_interval``; a busy
+    worker is still polled every ``poll_interval``.
     ``max_restore_attempts``: after that many failed restores :meth:`run`
     stops with phase ``failed`` and the record kept (the next run retries).
     """
@@ -288,13 +292,15 @@ class Drain:
         timeout: float = 600.0,
         poll_interval: float = 2.0,
         settle_polls: int = 2,
+        settle_interval: float = 0.1,
         max_restore_attempts: int = 5,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ):
         if not worker:
             raise DrainError("worker must be a non-empty name")
-        for name, value in (("timeout", timeout), ("poll_interval", poll_interval)):
+        for name, value in (("timeout", timeout), ("poll_interval", poll_interval),
+                            ("settle_interval", settle_interval)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise DrainError("%s must be a number of seconds > 0, got %r" % (name, value))
         if not isinstance(settle_polls, int) or settle_polls < 1:
@@ -306,6 +312,7 @@ class Drain:
         self.timeout = float(timeout)
         self.poll_interval = float(poll_interval)
         self.settle_polls = settle_polls
+        self.settle_interval = float(settle_interval)
         self.max_restore_attempts = max_restore_attempts
         self.clock = clock
         self.sleep = sleep
@@ -569,29 +576,46 @@ class Drain:
         except WorkerGone:
             return self._gone()
 
+    def next_poll_in(self, poll_interval: Optional[float] = None) -> float:
+        """Seconds until the next step is worth taking.
+
+        ``settle_interval`` while the worker has been seen idle on fewer than
+        ``settle_polls`` polls in a row (the same polls and the same final
+        "consumes nothing?" check, only sooner), else ``poll_interval`` (the
+        argument, or the drain's own).
+        """
+        interval = self.poll_interval if poll_interval is None else poll_interval
+        if self.status.phase == DRAINING and 0 < self._idle_streak < self.settle_polls:
+            return min(self.settle_interval, interval)
+        return interval
+
     def run(self) -> DrainStatus:
-        """Blocking: step until done, sleeping ``poll_interval`` between steps."""
+        """Blocking: step until done, sleeping :meth:`next_poll_in` between steps."""
         while True:
             st = self.step()
             if st.done:
                 return st
-            self.sleep(self.poll_interval)
+            self.sleep(self.next_poll_in())
 
 
 def run_all(drains: List[Drain], poll_interval: Optional[float] = None, sleep: Callable[[float], None] = time.sleep,
             on_step: Optional[Callable[[Drain], None]] = None) -> List[DrainStatus]:
-    """Drive several drains concurrently (one step each per round) until all are done."""
+    """Drive several drains concurrently (one step each per round) until all are done.
+
+    A round comes after the shortest :meth:`Drain.next_poll_in` of the drains
+    still going (``poll_interval``, when given, replaces their own).
+    """
     if not drains:
         return []
-    interval = poll_interval if poll_interval is not None else min(d.poll_interval for d in drains)
     while True:
-        pending = False
+        pending = []
         for d in drains:
             if not d.status.done:
                 d.step()
                 if on_step is not None:
                     on_step(d)
-                pending = pending or not d.status.done
+                if not d.status.done:
+                    pending.append(d)
         if not pending:
             return [d.status for d in drains]
-        sleep(interval)
+        sleep(min(d.next_poll_in(poll_interval) for d in pending))
