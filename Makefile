@@ -147,10 +147,15 @@ BENCH_AUTOSCALE_ARGS ?=
 # docs/performance.md and docs/performance-autoscale.png; exits 1 when a
 # target is missed. `python benchmarks/bench_autoscale.py --dry-run` prints
 # what it would run. BENCH_AUTOSCALE_ARGS: e.g. --repetitions 2, --modes elastic,keda.
+# Then, from the same target (issue 17's "also measured"): the idle-worker
+# drain (bench-drain) and one controller pass over 1,000 and 5,000 KWOK pods.
 bench-autoscale: venv collection-link cluster-up images ## elastic vs KEDA (the chart's setup) vs fixed fleets on real Airflow: cost, queue wait, scale-out/in, lost tasks (~100 min; exits 1 if a target is missed)
 	nice -n 19 images/build.sh --import $(CLUSTER_CONTAINERD_SOCK) keda-operator keda-metrics-apiserver
 	$(VENV)/bin/pip install --quiet -r benchmarks/autoscale/requirements.txt
-	python benchmarks/bench_autoscale.py --docs $(BENCH_AUTOSCALE_ARGS)
+	rc=0; python benchmarks/bench_autoscale.py --docs $(BENCH_AUTOSCALE_ARGS) || rc=1; \
+	python benchmarks/bench_drain.py || rc=1; \
+	for pods in 1000 5000; do python benchmarks/bench_controller.py --pods $$pods --no-latency || rc=1; done; \
+	exit $$rc
 
 # --- Every benchmark ------------------------------------------------------------
 .PHONY: bench
