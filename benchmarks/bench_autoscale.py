@@ -288,7 +288,8 @@ def run_mode(e2e, core, mode, workloads, tmp, seed):
     try:
         if mode == "keda":
             t = time.time()
-            installed = keda.install(kubectl, e2e.wait_for)
+            installed = keda.install_objects(keda.module_config_dir())  # uninstalled below, even half installed
+            keda.install(kubectl, e2e.wait_for, objects=installed)
             print("  KEDA %s installed (%.0f s)" % (keda.keda_version(), time.time() - t))
         t = time.time()
         e2e.deploy(core, ns, write_vars(tmp, mode, GRACE_BURSTS))

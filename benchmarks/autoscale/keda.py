@@ -192,8 +192,10 @@ def apply(kubectl, objects):
                 input=json.dumps(obj), namespace=ns)
 
 
-def install(kubectl, wait_for, config_dir=None):
-    objects = install_objects(config_dir or module_config_dir())
+def install(kubectl, wait_for, config_dir=None, objects=None):
+    """Apply KEDA (``objects``, or install_objects() of ``config_dir``) and wait
+    until its APIService is Available; returns the objects."""
+    objects = objects if objects is not None else install_objects(config_dir or module_config_dir())
     apply(kubectl, objects)
     for name in ("keda-operator", "keda-metrics-apiserver"):
         kubectl("rollout", "status", "deployment/%s" % name, "--timeout=240s", namespace=NAMESPACE)

@@ -8,7 +8,7 @@
 # Network (the hard rule: traffic only to loopback and our own ranges):
 #   pods      198.18.0.0/17 on the bridge $NODE_BRIDGE, gateway = node IP 198.18.0.1
 #   KWOK pods 198.18.128.0/17 (fake addresses: never routed anywhere)
-#   Services  198.19.0.0/16, cluster DNS 198.19.0.10
+#   Services  198.19.0.0/16, cluster DNS 198.19.0.10, routed to the bridge
 # Nothing is masqueraded. The chain EA-GUARD drops every packet for
 # 198.18.0.0/15 that would leave through an interface other than the bridge
 # (or lo), and every packet from the bridge that would be forwarded elsewhere.
@@ -83,6 +83,13 @@ node_network_up() {
   ip link add "$NODE_BRIDGE" type bridge
   ip addr add "$NODE_IP/17" dev "$NODE_BRIDGE"
   ip link set "$NODE_BRIDGE" up
+  # Services from this host too: a host process (the API server calling an
+  # aggregated API such as KEDA's or the metrics adapter's, or a webhook)
+  # picks its route before kube-proxy's DNAT in OUTPUT, and the guard judges
+  # the packet by that first route. Without this route a Service address
+  # would take the default route out of the VM, and the guard dropped it:
+  # every aggregated API stayed unavailable. Goes with the bridge.
+  ip route add "$SERVICE_CIDR" dev "$NODE_BRIDGE" src "$NODE_IP"
   echo 1 >"$(sysctl_path net.ipv4.ip_forward)"
   echo 1 >"$(sysctl_path net.bridge.bridge-nf-call-iptables)"
   # The guard, first in OUTPUT and FORWARD (kube-proxy's chains come after it).

@@ -140,6 +140,12 @@ def test_service_name_resolves_through_coredns_and_answers(api, namespace):
     service_ip = core.read_namespaced_service("backend", namespace).spec.cluster_ip
     assert service_ip.startswith("198.19.")
     assert f"{service_ip}" in log and log.strip().endswith("PONG"), log
+    # ... and from this host, the way the API server reaches an aggregated API
+    # (KEDA's external metrics, the metrics adapter) or a webhook: the
+    # Service address is routed to the bridge, where kube-proxy's DNAT applies.
+    with socket.create_connection((service_ip, 6379), timeout=10) as conn:
+        conn.sendall(b"PING\r\n")
+        assert conn.recv(64).startswith(b"+PONG")
 
 
 def test_pod_calls_the_api_with_its_service_account_token(api, namespace):
@@ -295,3 +301,6 @@ def test_the_guard_keeps_the_cluster_ranges_on_the_bridge():
     assert "-A EA-GUARD -d 198.18.0.0/15" in guard and "-j DROP" in guard
     nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout
     assert not [r for r in nat.splitlines() if "MASQUERADE" in r and "198.1" in r]
+    routes = subprocess.run(["ip", "route", "show", "198.19.0.0/16"], capture_output=True, text=True,
+                            check=True).stdout
+    assert "dev eacluster0" in routes, routes
