@@ -44,7 +44,7 @@ LAYERS = {
     "broker": ("[] if broker_engine == 'external' else ['service.yaml.j2', 'statefulset.yaml.j2']"
                " + (['configmap.yaml.j2'] if broker_engine == 'rabbitmq' else [])",
                "{'layer': 'broker', 'flows': broker_network_flows, 'budgets': {}}"),
-    "airflow": ("['airflow-env.yaml.j2', 'migrate-job.yaml.j2'] + airflow_component_templates",
+    "airflow": ("['airflow-env.yaml.j2'] + airflow_named_jobs.values() | list + airflow_component_templates",
                 "{'layer': 'airflow', 'flows': airflow_network_flows, 'budgets': airflow_disruption_budgets}"),
     "monitoring": ("['rbac.yaml.j2', 'prometheus.yaml.j2', 'statsd-exporter.yaml.j2', 'kube-state-metrics.yaml.j2',"
                    " 'grafana.yaml.j2']",
@@ -83,7 +83,8 @@ def _playbook(out: pathlib.Path) -> str:
             "name": f"Render the {layer} layer",
             "ansible.builtin.set_fact": {
                 "rendered": "{{ rendered | default({}) | combine({'" + layer + "': content}) }}"},
-            "vars": {"airflow_migrate_job_name": "airflow-migrate-rendered",
+            "vars": {"airflow_job_names": {"migrate": "airflow-migrate-rendered",
+                                           "objects": "airflow-objects-rendered"},
                      "content": "{% for path in " + paths + " %}---\n{{ lookup('ansible.builtin.template', path,"
                                 " template_vars={'role_path': '" + role + "', 'ansible_search_path': ['" + role + "'],"
                                 " 'elastic_airflow_isolation': " + isolation + "}) }}\n{% endfor %}"},
@@ -163,6 +164,22 @@ VARIANTS = {
         "airflow_remote_logging": "elasticsearch", "airflow_remote_logging_elasticsearch_host": "http://es.logging.svc:9200",
         "airflow_remote_logging_elasticsearch_mode": "stdout", "airflow_remote_logging_elasticsearch_shipper": True,
         "airflow_remote_logging_elasticsearch_index": "filebeat-*,airflow-logs",
+    },
+    # Declared pools, variables and connections (the objects Job), values from Secrets among them.
+    "declared-objects": {
+        "airflow_pools": [{"name": "etl", "slots": 8, "description": "ETL jobs"},
+                          {"name": "unlimited", "slots": -1, "include_deferred": True}],
+        "airflow_variables": [{"key": "environment", "value": "production", "description": "where this runs"},
+                              {"key": "settings", "value": {"retries": 3, "regions": ["eu", "us"]}},
+                              {"key": "partner_token", "secret": {"name": "partner", "key": "token"}}],
+        "airflow_connections": [
+            {"conn_id": "warehouse", "secret": {"name": "warehouse-conn", "key": "uri"}, "description": "the DWH"},
+            {"conn_id": "partner_api", "conn_type": "http", "host": "api.example.com", "port": 443, "schema": "https",
+             "login": "airflow", "extra": {"timeout": 30}, "password_secret": {"name": "partner", "key": "password"}},
+            {"conn_id": "public_api", "conn_type": "http", "host": "public.example.com"}],
+        # what tasks/main.yml computes from the Secrets' values
+        "airflow_objects_secrets_checksum": "0123456789abcdef",
+        "elastic_airflow_component_scheduling": {"objects": {"nodeSelector": {"pool": "jobs"}}},
     },
     "git-https-prometheus-allow-lists": {
         "git_sync_mode": "git", "git_sync_repo": "https://git.example.com:8443/org/dags.git", "git_sync_auth": "https",

@@ -1,10 +1,11 @@
-"""The bad-input cases of the pod settings and extension points, the Ingresses, and the logs and
-database hygiene settings (tests/integration/bad_input), run offline through the validate entry
-points of the base role, the airflow role and the monitoring role: each fails, and its message has
-the case's `expect`. The StorageClasses those entry points read from the cluster are given instead:
-`standard`, the default, as on the local cluster. tests/integration/playbooks/test_bad_input.py runs the same
-cases through the playbooks on a cluster (and checks that nothing changed); this shows the
-validation without one."""
+"""The bad-input cases of the pod settings and extension points, the Ingresses, the logs and
+database hygiene settings and the declared pools, variables and connections (tests/integration/bad_input),
+run offline through the validate entry points of the base role, the airflow role and the monitoring
+role: each fails, its message has the case's `expect`, and a case's `secret` is nowhere in what it
+failed with. The StorageClasses and Secrets those entry points read from the cluster are given
+instead: `standard`, the default, as on the local cluster, and the namespace role's generated
+secrets. tests/integration/playbooks/test_bad_input.py runs the same cases through the playbooks on
+a cluster (and checks that nothing changed); this shows the validation without one."""
 
 from __future__ import annotations
 
@@ -28,10 +29,15 @@ OURS = re.compile(r"^(elastic_airflow_(component_)?(scheduling|pod_labels|pod_an
                   r"|airflow_[a-z_]+_extra_(env|env_from|volumes|volume_mounts|containers|init_containers)"
                   r"|airflow_flower_enabled|airflow_flower_ingress_[a-z_]+|monitoring_grafana_ingress_[a-z_]+"
                   r"|airflow_worker_logs_[a-z_]+|airflow_log_cleanup(_[a-z_]+)?|airflow_db_clean(_[a-z_]+)?"
-                  r"|elastic_airflow_worker_autoscaling|airflow_worker_replicas)$")
+                  r"|elastic_airflow_worker_autoscaling|airflow_worker_replicas"
+                  r"|airflow_(pools|variables|connections|objects_resources))$")
 # What the storage_classes entry point would read from the cluster.
 STORAGE_CLASSES = [{"metadata": {"name": "standard",
                                  "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}}}]
+# The key names of the Secrets the declared objects' validation would read from the cluster: those the
+# namespace role generates (no other Secret exists).
+SECRET_KEYS = {"airflow-generated-secrets": ["api-secret-key", "broker-password", "database-password", "fernet-key",
+                                             "jwt-secret"]}
 
 CASES = [case for path in ("shared.yml", "airflow.yml", "monitoring.yml")
          for case in yaml.safe_load((CASES_DIR / path).read_text())
@@ -54,8 +60,9 @@ def results():
             (tmp / f"{_host(index)}.json").write_text(json.dumps(case["vars"]))
         tasks = [
             {"name": "The case's settings", "ansible.builtin.include_vars": f"{tmp}/{{{{ inventory_hostname }}}}.json"},
-            {"name": "The cluster's StorageClasses",
-             "ansible.builtin.set_fact": {"elastic_airflow_storage_classes": STORAGE_CLASSES}},
+            {"name": "The cluster's StorageClasses and Secrets",
+             "ansible.builtin.set_fact": {"elastic_airflow_storage_classes": STORAGE_CLASSES,
+                                          "airflow_objects_secret_keys": SECRET_KEYS}},
             {"name": "Validate", "block": [
                 {"name": "Shared settings", "ansible.builtin.include_role": {
                     "name": "elastic_airflow.cluster.elastic_airflow", "tasks_from": "validate"}},
@@ -95,3 +102,5 @@ def test_the_case_is_refused_naming_its_variable(results, index):
     assert output != "ACCEPTED", f"accepted bad input {CASES[index]['vars']}"
     # The messages as JSON strings: compare with the JSON form of the expected text.
     assert json.dumps(CASES[index]["expect"])[1:-1] in output, output[-3000:]
+    if "secret" in CASES[index]:
+        assert CASES[index]["secret"] not in output, "a credential was printed"

@@ -274,6 +274,12 @@ CHANGES = {
          ("db-clean", "statsd-exporter", 9125, "UDP"), ("other-instance", "db-clean", 8080),
          ("internet", "api-server", 8080), ("internet", "flower", 5555), ("internet", "grafana", 3000),
          ("monitoring-pod", "flower", 5555), ("monitoring-pod", "grafana", 3000)]),
+    # The objects Job's pods (declared pools, variables and connections) reach the database and DNS only.
+    "declared-objects": (
+        [("objects", "database", 5432), ("objects", "kube-dns", 53, "UDP"), ("objects", "kube-dns", 53, "TCP")],
+        [("objects", "broker", 6379), ("objects", "api-server", 8080), ("objects", "internet", 443),
+         ("objects", "statsd-exporter", 9125, "UDP"), ("objects", "kube-apiserver", 6443),
+         ("other-instance", "objects", 8080), ("worker", "objects", 8080)]),
 }
 REMOVED = {  # default needs that the variant's settings take away
     "mysql-rabbitmq-git-ssh-hpa-s3": {"database", "broker", "flower"},

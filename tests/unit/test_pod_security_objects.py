@@ -3,7 +3,7 @@
 * The Namespace carries the pod-security.kubernetes.io labels of the
   settings (enforce, audit and warn `restricted` by default).
 * Every pod template the collection renders (each workload's, the migrate
-  Job's, the db-clean CronJob's, the ElasticWorker's worker template), in every variant of
+  Job's and the objects Job's, the db-clean CronJob's, the ElasticWorker's worker template), in every variant of
   conftest.VARIANTS, meets the Pod Security Standard `restricted`.
 
 `restricted_violations` is written from the Pod Security Standards page
@@ -205,8 +205,8 @@ def test_every_component_is_checked(rendered):
         for name, template in pod_templates(_all(rendered, variant)).items():
             components.add((template["metadata"]["labels"]["app.kubernetes.io/component"], name.split("/")[0]))
     assert {c for c, _kind in components} == {
-        "api-server", "scheduler", "dag-processor", "triggerer", "worker", "flower", "migrate", "db-clean", "database",
-        "broker", "prometheus", "statsd-exporter", "kube-state-metrics", "grafana", "metrics-adapter",
+        "api-server", "scheduler", "dag-processor", "triggerer", "worker", "flower", "migrate", "db-clean", "objects",
+        "database", "broker", "prometheus", "statsd-exporter", "kube-state-metrics", "grafana", "metrics-adapter",
         "elastic-worker-controller"}
     assert {("worker", "StatefulSet"), ("worker", "ElasticWorker")} <= components
 

@@ -38,6 +38,17 @@ PREFIX = "e2e"
 RESULTS = "/results"
 DAGS_CLAIM = "e2e-dags-fixture"
 API_PORT = int(os.environ.get("ELASTIC_AIRFLOW_E2E_PODS_API_PORT", "18180"))
+# The Secret that vars/postgresql-redis.yml's declared variable and connection take their values
+# from, created before site.yml runs; the values are new each session and must never be printed.
+OBJECTS_PASSWORD = "e2e-pw-" + os.urandom(8).hex()
+OBJECTS_VARIABLE = "e2e-value-" + os.urandom(8).hex()
+OBJECTS_SECRET = {
+    "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "e2e-objects"},
+    "stringData": {"connection": f"postgres://e2e_user:{OBJECTS_PASSWORD}@warehouse.e2e.example:5432/e2e_db"
+                                 "?sslmode=disable",
+                   "variable": OBJECTS_VARIABLE}}
+# What site.yml printed (both runs of deploy()), by namespace.
+SITE_OUTPUTS: dict[str, str] = {}
 
 api = api_fixture(SHARED_KUBECONFIG)
 
@@ -93,6 +104,9 @@ class Airflow:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)
+
+    def get(self, path):
+        return self._call("GET", path)
 
     def dag_known(self, dag_id):
         try:
@@ -150,9 +164,10 @@ def site_yml(vars_file, timeout):
                           cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def deploy(core, namespace, vars_file):
+def deploy(core, namespace, vars_file, secrets=()):
     """site.yml on the real node into a fresh namespace, with the DAG file
-    copied into the DAGs claim first; then the re-run must change nothing."""
+    copied into the DAGs claim and the given Secrets created first; then the
+    re-run must change nothing. What both runs printed goes to SITE_OUTPUTS."""
     def not_terminating():
         try:
             return core.read_namespace(namespace).status.phase != "Terminating"
@@ -171,12 +186,15 @@ def deploy(core, namespace, vars_file):
         kubectl("apply", "-f", "-", namespace=namespace, input=json.dumps({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
+    for secret in secrets:
+        kubectl("apply", "-f", "-", namespace=namespace, input=json.dumps(secret))
     load_dags(namespace)
     t0 = time.monotonic()
     proc = site_yml(vars_file, 1500)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
     print(f"\nsite.yml on the real node ({vars_file.name}): {time.monotonic() - t0:.0f} s")
     again = site_yml(vars_file, 600)
+    SITE_OUTPUTS[namespace] = proc.stdout + proc.stderr + again.stdout + again.stderr
     assert again.returncode == 0 and " changed=0 " in again.stdout, again.stdout[-3000:]
 
 
@@ -227,10 +245,10 @@ def forwarded_airflow(namespace, port):
 
 
 @contextlib.contextmanager
-def deployment(api, namespace, vars_file):
+def deployment(api, namespace, vars_file, secrets=()):
     """deploy(), then the namespace deleted at the end."""
     core = client.CoreV1Api(api)
-    deploy(core, namespace, vars_file)
+    deploy(core, namespace, vars_file, secrets)
     try:
         yield core
     finally:
@@ -248,8 +266,8 @@ def wait_runs(airflow, dag_id, run_ids, timeout):
 
 @pytest.fixture(scope="session")
 def deployed(api):
-    """site.yml on the real node (PostgreSQL, Redis, the ElasticWorker), once."""
-    with deployment(api, NAMESPACE, VARS) as core:
+    """site.yml on the real node (PostgreSQL, Redis, the ElasticWorker, declared Airflow objects), once."""
+    with deployment(api, NAMESPACE, VARS, secrets=[OBJECTS_SECRET]) as core:
         yield core
 
 

@@ -2,7 +2,9 @@
 on load and in only through drained, idle workers, and no task is lost or
 run twice; a user deleting a busy worker loses no task either; a task
 process killed with SIGKILL fails its try and the retry succeeds; a rolling
-change of the worker template drains each old worker before it goes.
+change of the worker template drains each old worker before it goes; the
+pool, variables and connection declared in vars/postgresql-redis.yml are in
+Airflow, with the values of their Secret, which nothing printed.
 
 Real-node suite (see conftest.py): Airflow, the controller and the workers
 run in containers of the local images.
@@ -16,7 +18,20 @@ import subprocess
 import threading
 import time
 
-from conftest import REPO, RESULTS, VARS, kubectl, results, wait_for, wait_runs, worker_pods
+from conftest import (
+    NAMESPACE,
+    OBJECTS_PASSWORD,
+    OBJECTS_VARIABLE,
+    REPO,
+    RESULTS,
+    SITE_OUTPUTS,
+    VARS,
+    kubectl,
+    results,
+    wait_for,
+    wait_runs,
+    worker_pods,
+)
 
 DAG = "e2e_sleep_append"
 
@@ -156,3 +171,33 @@ def test_rolling_change_of_the_worker_template_drains_every_old_worker(deployed,
     with capsys.disabled():
         print(f"\nrolling change under 4 running tasks: {len(old)} old worker(s) drained and replaced, "
               "every task succeeded on its first try")
+
+
+def test_declared_pool_variables_and_connection_are_in_airflow(deployed, airflow, capsys):
+    """airflow_pools, airflow_variables and airflow_connections of vars/postgresql-redis.yml, imported by the
+    objects Job: read back through the REST API. The Secret's values (a variable, and the connection as a
+    URI with a password) are in Airflow but in neither run of site.yml's output nor the Job's log; the
+    re-run's changed=0 (conftest.deploy) covers the Job too."""
+    pool = airflow.get("/api/v2/pools/e2e_pool")
+    assert (pool["name"], pool["slots"], pool["description"], pool["include_deferred"]) == (
+        "e2e_pool", 3, "declared in the e2e vars", True), pool
+    plain = airflow.get("/api/v2/variables/e2e_plain")
+    assert (plain["value"], plain["description"]) == ("plain value", "declared in the e2e vars"), plain
+    assert airflow.get("/api/v2/variables/e2e_from_kube")["value"] == OBJECTS_VARIABLE
+    conn = airflow.get("/api/v2/connections/e2e_conn")
+    assert {k: conn[k] for k in ("conn_type", "host", "port", "login", "schema", "description")} == {
+        "conn_type": "postgres", "host": "warehouse.e2e.example", "port": 5432, "login": "e2e_user",
+        "schema": "e2e_db", "description": "from the Secret e2e-objects"}, conn
+    assert json.loads(conn["extra"]) == {"sslmode": "disable"}
+    assert conn["password"] and conn["password"] != OBJECTS_PASSWORD  # set, and redacted by the API
+    # One objects Job (superseded ones are pruned), Complete; its log holds no value either.
+    jobs = json.loads(kubectl("get", "jobs", "-l", "app.kubernetes.io/component=objects", "-o", "json"))["items"]
+    assert len(jobs) == 1, [j["metadata"]["name"] for j in jobs]
+    assert any(c["type"] == "Complete" and c["status"] == "True" for c in jobs[0]["status"].get("conditions", []))
+    log = kubectl("logs", f"job/{jobs[0]['metadata']['name']}", "-c", "objects")
+    assert "objects: imported 1 pools, 2 variables, 1 connections" in log, log[-2000:]
+    for value in (OBJECTS_PASSWORD, OBJECTS_VARIABLE):
+        assert value not in SITE_OUTPUTS[NAMESPACE], "a Secret value was printed by site.yml"
+        assert value not in log, "a Secret value was printed by the objects Job"
+    with capsys.disabled():
+        print(f"\ndeclared objects: pool, 2 variables, connection read back; Job {jobs[0]['metadata']['name']}")
