@@ -1,5 +1,5 @@
-"""The bad-input cases of the pod settings and extension points, the Ingresses, and the logs and
-database hygiene settings (tests/integration/bad_input), run offline through the validate entry
+"""The bad-input cases of the pod settings and extension points, the Ingresses, the logs and
+database hygiene settings, and the worker pools (tests/integration/bad_input), run offline through the validate entry
 points of the base role, the airflow role and the monitoring role: each fails, and its message has
 the case's `expect`. The StorageClasses those entry points read from the cluster are given instead:
 `standard`, the default, as on the local cluster. tests/integration/playbooks/test_bad_input.py runs the same
@@ -28,7 +28,7 @@ OURS = re.compile(r"^(elastic_airflow_(component_)?(scheduling|pod_labels|pod_an
                   r"|airflow_[a-z_]+_extra_(env|env_from|volumes|volume_mounts|containers|init_containers)"
                   r"|airflow_flower_enabled|airflow_flower_ingress_[a-z_]+|monitoring_grafana_ingress_[a-z_]+"
                   r"|airflow_worker_logs_[a-z_]+|airflow_log_cleanup(_[a-z_]+)?|airflow_db_clean(_[a-z_]+)?"
-                  r"|elastic_airflow_worker_autoscaling|airflow_worker_replicas)$")
+                  r"|elastic_airflow_worker_autoscaling|airflow_worker_replicas|airflow_worker_pools)$")
 # What the storage_classes entry point would read from the cluster.
 STORAGE_CLASSES = [{"metadata": {"name": "standard",
                                  "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}}}]
