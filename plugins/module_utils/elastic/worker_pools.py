@@ -78,9 +78,9 @@ def _pool_errors(where, pool, mode):
     low, high = _int(pool["min_replicas"]), _int(pool["max_replicas"])
     floor = 1 if mode == "hpa" else 0
     if low is None or high is None or low < floor or high < 1 or low > high:
+        why = " (an HPA cannot scale to 0)" if mode == "hpa" else ""
         errors.append("%s: min_replicas must be at least %d%s and at most max_replicas, which must be at least 1 "
-                      "(got %r and %r)." % (where, floor, " (an HPA cannot scale to 0)" if mode == "hpa" else "",
-                                           pool["min_replicas"], pool["max_replicas"]))
+                      "(got %r and %r)." % (where, floor, why, pool["min_replicas"], pool["max_replicas"]))
     target = _number(pool["target"])
     if mode == "elastic" and (target is None or not 0 < target <= 1000):
         errors.append("%s: target must be the wanted load in percent of the pool's task slots, more than 0 and at "
@@ -115,8 +115,8 @@ def worker_pool_errors(pools, defaults, cluster_name, mode, main_queue="default"
         where = "%s[%d]%s" % (variable, index, " (%s)" % name if isinstance(name, str) and name else "")
         unknown = sorted(str(key) for key in given if key not in POOL_KEYS)
         if unknown:
-            errors.append("%s: unknown keys %s; a pool takes only %s." % (where, ", ".join(unknown),
-                                                                         ", ".join(POOL_KEYS)))
+            errors.append("%s: unknown keys %s; a pool takes only %s."
+                          % (where, ", ".join(unknown), ", ".join(POOL_KEYS)))
         if not isinstance(name, str) or not _POOL_NAME.match(name):
             errors.append("%s: name must be lower-case letters, digits and '-', starting with a letter and not "
                           "ending with '-' (got %r)." % (where, name))

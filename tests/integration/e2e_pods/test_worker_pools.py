@@ -70,6 +70,7 @@ def test_every_pool_runs_its_elastic_worker(deployed_pools):
     scalers = kubectl("get", "elasticworkerautoscalers", "-o", "jsonpath={.items[*].metadata.name}",
                       namespace=NAMESPACE).split()
     assert sorted(scalers) == sorted(SETS.values()), scalers
+
     # each set starts at its floor of one worker, named after its ElasticWorker
     def at_floor():
         pools = pools_of(deployed_pools)
