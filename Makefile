@@ -220,7 +220,7 @@ bench-controller: venv ## ElasticWorker controller: one reconcile over 1,000 pod
 	python benchmarks/bench_controller.py
 
 # --- Real Airflow 3 end to end, in real pods (issues 6, 13) -----------------------
-.PHONY: test-e2e test-e2e-pods test-chaos
+.PHONY: test-e2e test-e2e-pods test-chaos test-worker-pools
 
 # site.yml on the real node, driven through Airflow's REST API and its UI.
 # Namespace e2e-pods (PostgreSQL, Redis, the ElasticWorker): bursts scaled out
@@ -241,6 +241,14 @@ test-e2e-pods: test-e2e ## the former name of test-e2e
 # from the broker. About 30 minutes; not part of `make test`.
 test-chaos: venv collection-link cluster-up images ## fault injection on the real node: no task lost or run twice, convergence (table at the end)
 	pytest -v -s -p no:cacheprovider tests/integration/e2e_pods/test_chaos.py
+
+# Worker pools (airflow_worker_pools) in their own namespace, e2e-pods-pools
+# (PostgreSQL, Redis, mode elastic, pools `fast` and `slow` of one-slot
+# workers): a task with queue= runs on its pool's worker and one without on
+# the main workers, and a burst of four tasks on `fast` scales only that pool
+# out (and back in). About 10 minutes; not part of `make test`.
+test-worker-pools: venv collection-link cluster-up images ## worker pools on the real node: each queue's tasks on its pool, a burst scales only its pool
+	pytest -v -s -p no:cacheprovider tests/integration/e2e_pods/test_worker_pools.py
 
 # --- Images without a registry (images/, docs/images.md) ---------------------------
 .PHONY: images test-images keda-images

@@ -260,6 +260,20 @@ VARIANTS = {
         "database_disruption_budget": {"maxUnavailable": 0},
         "airflow_log_cleanup": False,
     },
+    # Two extra worker pools with queues of their own (ElasticWorkers, mode elastic): one with its own
+    # size, scaling and node, one that inherits the main workers' settings.
+    "worker-pools": {
+        "airflow_worker_pools": [
+            {"name": "heavy", "queues": ["heavy", "ml"], "concurrency": 2, "min_replicas": 0, "max_replicas": 4,
+             "target": 60, "termination_grace_period_seconds": 1800,
+             "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}},
+             "scheduling": {"nodeSelector": {"node-pool": "highmem"}}},
+            {"name": "light", "queues": ["light"]},
+        ],
+        "elastic_airflow_scheduling": {"tolerations": [{"key": "dedicated", "operator": "Exists"}]},
+        "elastic_airflow_component_scheduling": {"worker": {"nodeSelector": {"pool": "workers"}}},
+        "airflow_worker_extra_env": [{"name": "REQUESTS_CA_BUNDLE", "value": "/etc/ca/ca.crt"}],
+    },
 }
 
 

@@ -1,6 +1,6 @@
 """The bad-input cases of the pod settings and extension points, the Ingresses, the logs and
-database hygiene settings and the declared pools, variables and connections (tests/integration/bad_input),
-run offline through the validate entry points of the base role, the airflow role and the monitoring
+database hygiene settings, the worker pools and the declared pools, variables and connections
+(tests/integration/bad_input), run offline through the validate entry points of the base role, the airflow role and the monitoring
 role: each fails, its message has the case's `expect`, and a case's `secret` is nowhere in what it
 failed with. The StorageClasses and Secrets those entry points read from the cluster are given
 instead: `standard`, the default, as on the local cluster, and the namespace role's generated
@@ -29,7 +29,7 @@ OURS = re.compile(r"^(elastic_airflow_(component_)?(scheduling|pod_labels|pod_an
                   r"|airflow_[a-z_]+_extra_(env|env_from|volumes|volume_mounts|containers|init_containers)"
                   r"|airflow_flower_enabled|airflow_flower_ingress_[a-z_]+|monitoring_grafana_ingress_[a-z_]+"
                   r"|airflow_worker_logs_[a-z_]+|airflow_log_cleanup(_[a-z_]+)?|airflow_db_clean(_[a-z_]+)?"
-                  r"|elastic_airflow_worker_autoscaling|airflow_worker_replicas"
+                  r"|elastic_airflow_worker_autoscaling|airflow_worker_replicas|airflow_worker_pools"
                   r"|airflow_(pools|variables|connections|objects_resources))$")
 # What the storage_classes entry point would read from the cluster.
 STORAGE_CLASSES = [{"metadata": {"name": "standard",

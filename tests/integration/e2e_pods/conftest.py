@@ -139,9 +139,14 @@ def _listening(port):
         return False
 
 
-def load_dags(namespace):
-    """A one-off pod of the Airflow image writes the DAG file into the claim
+def load_dags(namespace, dag_files=(DAGS,)):
+    """A one-off pod of the Airflow image writes each DAG file into the claim
     (git_sync_mode pvc: "fill it yourself")."""
+    for dag_file in dag_files:
+        _load_dag_file(namespace, dag_file)
+
+
+def _load_dag_file(namespace, dag_file):
     image = "localhost/elastic-airflow/airflow:3.3.2"
     kubectl("delete", "pod", "dags-loader", "--ignore-not-found", "--wait=true", namespace=namespace)
     kubectl("run", "dags-loader", "--restart=Never", f"--image={image}", "--image-pull-policy=Never",
@@ -149,12 +154,12 @@ def load_dags(namespace):
                 "securityContext": {"runAsUser": 50000, "runAsGroup": 0, "fsGroup": 0, "runAsNonRoot": True,
                                     "seccompProfile": {"type": "RuntimeDefault"}},
                 "containers": [{"name": "dags-loader", "image": image, "stdin": True, "stdinOnce": True,
-                                "command": ["sh", "-c", "cat > /dags/e2e_dags.py"],
+                                "command": ["sh", "-c", f"cat > /dags/{dag_file.name}"],
                                 "securityContext": {"allowPrivilegeEscalation": False,
                                                     "capabilities": {"drop": ["ALL"]}},
                                 "volumeMounts": [{"name": "dags", "mountPath": "/dags"}]}],
                 "volumes": [{"name": "dags", "persistentVolumeClaim": {"claimName": DAGS_CLAIM}}]}}),
-            "-i", "--quiet", input=DAGS.read_text(), namespace=namespace)
+            "-i", "--quiet", input=dag_file.read_text(), namespace=namespace)
     kubectl("delete", "pod", "dags-loader", "--wait=true", namespace=namespace)
 
 
@@ -164,8 +169,8 @@ def site_yml(vars_file, timeout):
                           cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def deploy(core, namespace, vars_file, secrets=()):
-    """site.yml on the real node into a fresh namespace, with the DAG file
+def deploy(core, namespace, vars_file, secrets=(), dag_files=(DAGS,)):
+    """site.yml on the real node into a fresh namespace, with the DAG files
     copied into the DAGs claim and the given Secrets created first; then the
     re-run must change nothing. What both runs printed goes to SITE_OUTPUTS."""
     def not_terminating():
@@ -188,7 +193,7 @@ def deploy(core, namespace, vars_file, secrets=()):
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
     for secret in secrets:
         kubectl("apply", "-f", "-", namespace=namespace, input=json.dumps(secret))
-    load_dags(namespace)
+    load_dags(namespace, dag_files)
     t0 = time.monotonic()
     proc = site_yml(vars_file, 1500)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
@@ -245,10 +250,10 @@ def forwarded_airflow(namespace, port):
 
 
 @contextlib.contextmanager
-def deployment(api, namespace, vars_file, secrets=()):
+def deployment(api, namespace, vars_file, secrets=(), dag_files=(DAGS,)):
     """deploy(), then the namespace deleted at the end."""
     core = client.CoreV1Api(api)
-    deploy(core, namespace, vars_file, secrets)
+    deploy(core, namespace, vars_file, secrets, dag_files)
     try:
         yield core
     finally:
