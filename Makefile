@@ -215,7 +215,7 @@ bench-controller: venv ## ElasticWorker controller: one reconcile over 1,000 pod
 	python benchmarks/bench_controller.py
 
 # --- Real Airflow 3 end to end, in real pods (issues 6, 13) -----------------------
-.PHONY: test-e2e test-e2e-pods test-chaos
+.PHONY: test-e2e test-e2e-pods test-chaos test-pgbouncer
 
 # site.yml on the real node, driven through Airflow's REST API and its UI.
 # Namespace e2e-pods (PostgreSQL, Redis, the ElasticWorker): bursts scaled out
@@ -236,6 +236,15 @@ test-e2e-pods: test-e2e ## the former name of test-e2e
 # from the broker. About 30 minutes; not part of `make test`.
 test-chaos: venv collection-link cluster-up images ## fault injection on the real node: no task lost or run twice, convergence (table at the end)
 	pytest -v -s -p no:cacheprovider tests/integration/e2e_pods/test_chaos.py
+
+# PgBouncer in front of PostgreSQL (database_pgbouncer) in its own namespace,
+# e2e-pods-pgb: site.yml (and a re-run with changed=0), three DAG runs to
+# success, PostgreSQL's clients only the PgBouncer pods, PgBouncer's the
+# Airflow pods (SHOW CLIENTS, SHOW POOLS), the migrate Job alone direct. About
+# 10 minutes; not part of `make test` or `make test-e2e` (run it when their
+# namespaces are gone, to fit the 2-core node).
+test-pgbouncer: venv collection-link cluster-up images ## PgBouncer in real pods: a DAG through it, every Airflow connection via PgBouncer, migrate direct
+	pytest -v -s -p no:cacheprovider tests/integration/e2e_pods/test_pgbouncer.py
 
 # --- Images without a registry (images/, docs/images.md) ---------------------------
 .PHONY: images test-images keda-images
