@@ -32,7 +32,7 @@ def _split(url):
     """urlsplit, or None when the text is no URL with a host."""
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        _port = parts.port  # raises ValueError on a bad port
     except (ValueError, TypeError, AttributeError):
         return None
     return parts
