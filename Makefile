@@ -220,7 +220,7 @@ bench-controller: venv ## ElasticWorker controller: one reconcile over 1,000 pod
 	python benchmarks/bench_controller.py
 
 # --- Real Airflow 3 end to end, in real pods (issues 6, 13) -----------------------
-.PHONY: test-e2e test-e2e-pods test-chaos test-worker-pools
+.PHONY: test-e2e test-e2e-pods test-chaos test-worker-pools test-pgbouncer
 
 # site.yml on the real node, driven through Airflow's REST API and its UI.
 # Namespace e2e-pods (PostgreSQL, Redis, the ElasticWorker): bursts scaled out
@@ -249,6 +249,15 @@ test-chaos: venv collection-link cluster-up images ## fault injection on the rea
 # out (and back in). About 10 minutes; not part of `make test`.
 test-worker-pools: venv collection-link cluster-up images ## worker pools on the real node: each queue's tasks on its pool, a burst scales only its pool
 	pytest -v -s -p no:cacheprovider tests/integration/e2e_pods/test_worker_pools.py
+
+# PgBouncer in front of PostgreSQL (database_pgbouncer) in its own namespace,
+# e2e-pods-pgb: site.yml (and a re-run with changed=0), three DAG runs to
+# success, PostgreSQL's clients only the PgBouncer pods, PgBouncer's the
+# Airflow pods (SHOW CLIENTS, SHOW POOLS), the migrate Job alone direct. About
+# 10 minutes; not part of `make test` or `make test-e2e` (run it when their
+# namespaces are gone, to fit the 2-core node).
+test-pgbouncer: venv collection-link cluster-up images ## PgBouncer in real pods: a DAG through it, every Airflow connection via PgBouncer, migrate direct
+	pytest -v -s -p no:cacheprovider tests/integration/e2e_pods/test_pgbouncer.py
 
 # --- Images without a registry (images/, docs/images.md) ---------------------------
 .PHONY: images test-images keda-images

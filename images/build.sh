@@ -38,7 +38,7 @@ REPO=localhost/elastic-airflow
 DEBIAN_MIRROR=http://deb.debian.org/debian
 export PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
 # Build order: a base before the images on it.
-ALL=(pause coredns debian-base redis postgresql mariadb rabbitmq
+ALL=(pause coredns debian-base redis postgresql pgbouncer mariadb rabbitmq
      prometheus statsd-exporter kube-state-metrics airflow airflow-demo)
 # Built only when named (not by `make images`): the local inventory does not
 # deploy them.

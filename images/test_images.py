@@ -48,6 +48,7 @@ IMAGES = {
     "pause": "3.10",
     "coredns": "1.12.4",
     "postgresql": "15.20",
+    "pgbouncer": "1.18.0",
     "mariadb": "10.11.19",
     "redis": "7.0.15",
     "rabbitmq": "3.10.8",
@@ -379,6 +380,66 @@ def test_postgresql_refuses_no_password(containerd, run, tmp_path):
     wait_for(lambda: c.status() == "STOPPED", 20, "the entrypoint to give up")
     assert c.exit_status() == 1
     assert "POSTGRES_PASSWORD is not set" in c.logs()
+
+
+def test_pgbouncer(containerd, run, postgresql, tmp_path):
+    """pgbouncer.yaml.j2's container in front of the postgresql image: its command as 65534:65534
+    (fsGroup 65534) with the Secret's two files mounted read-only at /etc/pgbouncer; SCRAM from the
+    client and to the server; the admin console for stats_users; the preStop hook's SIGINT to PID 1."""
+    cfg = containerd.image_config(image("pgbouncer"))["config"]
+    assert cfg["Entrypoint"] == ["docker-entrypoint.sh"]
+    assert cfg["Cmd"] == ["pgbouncer", "/etc/pgbouncer/pgbouncer.ini"]
+    assert "6432/tcp" in cfg["ExposedPorts"]
+    pw = POSTGRES_ENV["POSTGRES_PASSWORD"]
+    conf = tmp_path / "pgbouncer"
+    conf.mkdir()
+    # As database_pgbouncer_ini renders it (max_prepared_statements left out: 1.18).
+    (conf / "pgbouncer.ini").write_text(textwrap.dedent("""\
+        [databases]
+        airflow = host=127.0.0.1 port=5432 dbname=airflow
+
+        [pgbouncer]
+        listen_addr = *
+        listen_port = 6432
+        unix_socket_dir =
+        auth_type = scram-sha-256
+        auth_file = /etc/pgbouncer/userlist.txt
+        stats_users = airflow
+        pool_mode = transaction
+        default_pool_size = 5
+        max_client_conn = 50
+        ignore_startup_parameters = extra_float_digits
+        server_tls_sslmode = prefer
+        log_connections = 0
+        log_disconnections = 0
+        """))
+    (conf / "userlist.txt").write_text('"airflow" "%s"\n' % pw.replace('"', '""'))
+    for f in conf.iterdir():  # a Secret volume: defaultMode 0440, group fsGroup
+        os.chown(f, 0, 65534)
+        f.chmod(0o440)
+    c = run("pgbouncer", as_user(65534, 65534) + ["pgbouncer", "/etc/pgbouncer/pgbouncer.ini"],
+            mounts=[f"type=bind,src={conf},dst=/etc/pgbouncer,options=rbind:ro"], netns_of=postgresql)
+    psql = ["psql", "--host=127.0.0.1", "--port=6432", "--username=airflow", "-Atc"]
+    ok = wait_for(lambda: postgresql.exec("env", f"PGPASSWORD={pw}", *psql, "select current_user, 6 * 7",
+                                          "airflow", check=False), 30, "a query through PgBouncer")
+    assert ok.returncode == 0 and ok.stdout.strip() == "airflow|42", ok.stderr
+    bad = postgresql.exec("env", "PGPASSWORD=wrong", *psql, "select 1", "airflow", check=False)
+    assert bad.returncode != 0 and "password authentication failed" in bad.stderr
+    pools = postgresql.exec("env", f"PGPASSWORD={pw}", *psql, "SHOW POOLS", "pgbouncer").stdout
+    assert any(line.startswith("airflow|airflow|") and "|transaction" in line for line in pools.splitlines()), pools
+    ps = subprocess.run(["ps", "-o", "uid=,gid=,comm=", "-p", str(c.pid)], capture_output=True, text=True)
+    assert ps.stdout.split() == ["65534", "65534", "pgbouncer"]
+    # The manifest's preStop hook (its sleeps aside): SIGINT to PID 1, a safe shutdown.
+    c.exec("sh", "-c", "kill -INT 1", user="65534")
+    wait_for(lambda: c.status() != "RUNNING", 20, "PgBouncer to stop on SIGINT")
+    assert c.exit_status() == 0, c.logs()
+
+
+def test_pgbouncer_default_entrypoint_drops_root(containerd, run, tmp_path):
+    """Upstream's image starts as root and runs PgBouncer as nobody: so does our entrypoint."""
+    c = run("pgbouncer")
+    wait_for(lambda: subprocess.run(["ps", "-o", "uid=,comm=", "-p", str(c.pid)], capture_output=True,
+                                    text=True).stdout.split() == ["65534", "pgbouncer"], 20, "pgbouncer as nobody")
 
 
 MYSQL_ENV = {"MYSQL_DATABASE": "airflow", "MYSQL_USER": "airflow", "MYSQL_PASSWORD": "my-s3cret'\"\\",

@@ -38,9 +38,12 @@ LAYERS = {
     "namespace": ("['namespace.yaml.j2', 'serviceaccounts.yaml.j2']"
                   " + (['network-policies.yaml.j2'] if elastic_airflow_network_policies else [])",
                   "{'layer': 'namespace', 'flows': namespace_network_flows, 'budgets': {}}"),
-    "database": ("[] if database_engine == 'external' else ['service.yaml.j2', 'statefulset.yaml.j2']",
+    "database": ("([] if database_engine == 'external' else ['service.yaml.j2', 'statefulset.yaml.j2'])"
+                 " + (['pgbouncer.yaml.j2'] if database_pgbouncer | bool else [])",
                  "{'layer': 'database', 'flows': database_network_flows,"
-                 " 'budgets': {} if database_engine == 'external' else {'database': database_disruption_budget}}"),
+                 " 'budgets': ({} if database_engine == 'external' else {'database': database_disruption_budget})"
+                 " | combine({'pgbouncer': database_pgbouncer_disruption_budget}"
+                 " if database_pgbouncer | bool and database_pgbouncer_replicas | int > 1 else {})}"),
     "broker": ("[] if broker_engine == 'external' else ['service.yaml.j2', 'statefulset.yaml.j2']"
                " + (['configmap.yaml.j2'] if broker_engine == 'rabbitmq' else [])",
                "{'layer': 'broker', 'flows': broker_network_flows, 'budgets': {}}"),
@@ -57,7 +60,7 @@ LAYERS = {
 }
 
 
-def _playbook(out: pathlib.Path) -> str:
+def _playbook(out: pathlib.Path, layers: dict) -> str:
     var_files = [str(p) for role in sorted(ROLES.iterdir())
                  for p in (role / "defaults/main.yml", role / "vars/main.yml") if p.exists()]
     variant_file = f"{out}/{{{{ inventory_hostname }}}}.json"
@@ -75,7 +78,7 @@ def _playbook(out: pathlib.Path) -> str:
          "ansible.builtin.include_role": {"name": "elastic_airflow.cluster.airflow",
                                           "tasks_from": "worker_pod_template"}},
     ]
-    for layer, (templates, isolation) in LAYERS.items():
+    for layer, (templates, isolation) in layers.items():
         role = str(ROLES / layer)
         paths = f"({templates}) | map('regex_replace', '^', '{role}/templates/') | list"
         paths += f" + ['{ROLES}/elastic_airflow/templates/isolation.yaml.j2']"
@@ -97,16 +100,18 @@ def _playbook(out: pathlib.Path) -> str:
                         "gather_facts": False, "tasks": tasks}])
 
 
-def render(variants: dict[str, dict]) -> dict[str, dict[str, list[dict]]]:
-    """{variant: {layer: [object, ...]}}: what the roles render with each variant's settings.
-    One ansible-playbook per CPU, side by side (a run templates mostly in one process)."""
+def render(variants: dict[str, dict], layers: dict | None = None) -> dict[str, dict[str, list[dict]]]:
+    """{variant: {layer: [object, ...]}}: what the roles render with each variant's settings (`layers`:
+    LAYERS, or other templates in the same form). One ansible-playbook per CPU, side by side (a run
+    templates mostly in one process)."""
     processes = min(len(variants), os.cpu_count() or 1)
     groups = [dict(list(variants.items())[i::processes]) for i in range(processes)]
     with concurrent.futures.ThreadPoolExecutor(len(groups)) as pool:
-        return {name: layers for result in pool.map(_render, groups) for name, layers in result.items()}
+        results = pool.map(lambda group: _render(group, layers or LAYERS), groups)
+        return {name: rendered for result in results for name, rendered in result.items()}
 
 
-def _render(variants: dict[str, dict]) -> dict[str, dict[str, list[dict]]]:
+def _render(variants: dict[str, dict], layers: dict) -> dict[str, dict[str, list[dict]]]:
     with tempfile.TemporaryDirectory(prefix="elastic-airflow-render-") as tmp:
         tmp = pathlib.Path(tmp)
         collection = tmp / "collections/ansible_collections/elastic_airflow"
@@ -116,7 +121,7 @@ def _render(variants: dict[str, dict]) -> dict[str, dict[str, list[dict]]]:
         out.mkdir()
         for name, settings in variants.items():
             (out / f"{name}.json").write_text(json.dumps(settings))
-        (tmp / "render.yml").write_text(_playbook(out))
+        (tmp / "render.yml").write_text(_playbook(out, layers))
         ansible_playbook = (shutil.which("ansible-playbook")
                             or str(pathlib.Path(sys.executable).parent / "ansible-playbook"))
         env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(tmp / "collections"), ANSIBLE_NOCOLOR="1")
@@ -133,7 +138,8 @@ SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot a key\n-----END OPENSSH PRIV
 
 # Settings that between them render every kind of pod and every flow: each
 # engine and broker, each git_sync mode, each autoscaling mode, remote logs,
-# the adapter's and the controller's Prometheus elsewhere, the allow lists.
+# the adapter's and the controller's Prometheus elsewhere, the allow lists,
+# PgBouncer.
 VARIANTS = {
     # postgresql, redis, DAGs in the image, elastic workers, monitoring, Flower
     "defaults": {},
@@ -252,6 +258,13 @@ VARIANTS = {
         "airflow_log_cleanup_retention_days": 7, "airflow_log_cleanup_interval_minutes": 5,
         "airflow_db_clean": True, "airflow_db_clean_retention_days": 30, "airflow_db_clean_skip_archive": True,
         "airflow_db_clean_schedule": "@daily",
+    },
+    # PgBouncer in front of the internal PostgreSQL (three replicas, so a budget), the db-clean
+    # CronJob and Flower through it; and the pod settings of the pgbouncer component.
+    "pgbouncer": {
+        "database_pgbouncer": True, "database_pgbouncer_replicas": 3, "airflow_db_clean": True,
+        "elastic_airflow_component_pod_labels": {"pgbouncer": {"tier": "pooler"}},
+        "elastic_airflow_component_scheduling": {"pgbouncer": {"nodeSelector": {"pool": "system"}}},
     },
     "policies-off-baseline-budgets": {
         "elastic_airflow_network_policies": False,

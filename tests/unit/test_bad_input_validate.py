@@ -1,8 +1,8 @@
 """The bad-input cases of the pod settings and extension points, the Ingresses, the logs and
-database hygiene settings, the worker pools and the declared pools, variables and connections
-(tests/integration/bad_input), run offline through the validate entry points of the base role, the airflow role and the monitoring
-role: each fails, its message has the case's `expect`, and a case's `secret` is nowhere in what it
-failed with. The StorageClasses and Secrets those entry points read from the cluster are given
+database hygiene settings, the worker pools, the declared pools, variables and connections and
+PgBouncer (tests/integration/bad_input), run offline through the validate entry points of the base
+role, the airflow role, the monitoring role and the database role: each fails, its message has the
+case's `expect`, and a case's `secret` is nowhere in what it failed with. The StorageClasses and Secrets those entry points read from the cluster are given
 instead: `standard`, the default, as on the local cluster, and the namespace role's generated
 secrets. tests/integration/playbooks/test_bad_input.py runs the same cases through the playbooks on
 a cluster (and checks that nothing changed); this shows the validation without one."""
@@ -39,9 +39,16 @@ STORAGE_CLASSES = [{"metadata": {"name": "standard",
 SECRET_KEYS = {"airflow-generated-secrets": ["api-secret-key", "broker-password", "database-password", "fernet-key",
                                              "jwt-secret"]}
 
+# The database layer's PgBouncer cases (with the engine and the limits they name): those with a
+# PgBouncer variable, but for an external database (its Secret is read from the cluster).
+PGBOUNCER = re.compile(r"^(database_pgbouncer(_[a-z_]+)?|database_engine|database_max_connections)$")
+
 CASES = [case for path in ("shared.yml", "airflow.yml", "monitoring.yml")
          for case in yaml.safe_load((CASES_DIR / path).read_text())
-         if all(OURS.match(name) for name in case["vars"])]
+         if all(OURS.match(name) for name in case["vars"])] + [
+    case for case in yaml.safe_load((CASES_DIR / "database.yml").read_text())
+    if any(name.startswith("database_pgbouncer") for name in case["vars"])
+    and all(PGBOUNCER.match(name) for name in case["vars"]) and case["vars"].get("database_engine") != "external"]
 
 
 def _host(index):
@@ -70,6 +77,10 @@ def results():
                     "name": "elastic_airflow.cluster.airflow", "tasks_from": "validate"}},
                 {"name": "Monitoring settings", "ansible.builtin.include_role": {
                     "name": "elastic_airflow.cluster.monitoring", "tasks_from": "validate"}},
+                # Last: past its checks it reads the cluster (the database StatefulSet), which the
+                # cases of the other layers never reach, failing before.
+                {"name": "Database settings", "ansible.builtin.include_role": {
+                    "name": "elastic_airflow.cluster.database", "tasks_from": "validate"}},
                 {"name": "Accepted", "ansible.builtin.copy": {
                     "dest": f"{tmp}/{{{{ inventory_hostname }}}}.out", "content": "ACCEPTED", "mode": "0600"}},
             ], "rescue": [

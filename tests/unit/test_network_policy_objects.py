@@ -280,6 +280,18 @@ CHANGES = {
         [("objects", "broker", 6379), ("objects", "api-server", 8080), ("objects", "internet", 443),
          ("objects", "statsd-exporter", 9125, "UDP"), ("objects", "kube-apiserver", 6443),
          ("other-instance", "objects", 8080), ("worker", "objects", 8080)]),
+    # Every Airflow pod but the migrate Job goes through PgBouncer, which alone (with the migrate Job)
+    # reaches the database; PgBouncer resolves the database's name and has no other egress.
+    "pgbouncer": (
+        [(c, "pgbouncer", 6432) for c in AIRFLOW + ["db-clean"] if c != "migrate"]
+        + [("pgbouncer", "database", 5432), ("migrate", "database", 5432),
+           ("pgbouncer", "kube-dns", 53, "UDP"), ("pgbouncer", "kube-dns", 53, "TCP")],
+        [(c, "database", 5432) for c in AIRFLOW + ["db-clean"] if c != "migrate"]
+        + [("migrate", "pgbouncer", 6432), ("grafana", "pgbouncer", 6432), ("prometheus", "pgbouncer", 6432),
+           ("elastic-worker-controller", "pgbouncer", 6432), ("other-instance", "pgbouncer", 6432),
+           ("elsewhere", "pgbouncer", 6432), ("internet", "pgbouncer", 6432), ("pgbouncer", "internet", 443),
+           ("pgbouncer", "broker", 6379), ("pgbouncer", "api-server", 8080), ("pgbouncer", "database", 3306),
+           ("database", "pgbouncer", 6432)]),
 }
 REMOVED = {  # default needs that the variant's settings take away
     "mysql-rabbitmq-git-ssh-hpa-s3": {"database", "broker", "flower"},
@@ -287,6 +299,7 @@ REMOVED = {  # default needs that the variant's settings take away
     "git-https-prometheus-allow-lists": {("internet", "api-server"), ("internet", "flower"), ("internet", "grafana"),
                                          ("worker", "kube-apiserver"), ("triggerer", "kube-apiserver")},
     "ingresses-worker-logs-db-clean": {("internet", "api-server"), ("internet", "flower"), ("internet", "grafana")},
+    "pgbouncer": {(c, "database") for c in AIRFLOW if c != "migrate"},
 }
 
 
