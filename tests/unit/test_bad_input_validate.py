@@ -1,11 +1,12 @@
-"""The bad-input cases of the pod settings and extension points, the Ingresses, the logs and
-database hygiene settings, the worker pools, the declared pools, variables and connections and
-PgBouncer (tests/integration/bad_input), run offline through the validate entry points of the base
-role, the airflow role, the monitoring role and the database role: each fails, its message has the
-case's `expect`, and a case's `secret` is nowhere in what it failed with. The StorageClasses and Secrets those entry points read from the cluster are given
-instead: `standard`, the default, as on the local cluster, and the namespace role's generated
-secrets. tests/integration/playbooks/test_bad_input.py runs the same cases through the playbooks on
-a cluster (and checks that nothing changed); this shows the validation without one."""
+"""The bad-input cases of the pod settings and extension points, the Ingresses, the logs and database
+hygiene settings, the worker pools, the declared pools, variables and connections and PgBouncer
+(tests/integration/bad_input), run offline through the validate entry points of the base role, the
+airflow role, the monitoring role and the database role: each fails, its message has the case's
+`expect`, and a case's `secret` is nowhere in what it failed with. The StorageClasses and Secrets
+those entry points read from the cluster are given instead: `standard`, the default, as on the local
+cluster, and the namespace role's generated secrets. tests/integration/playbooks/test_bad_input.py
+runs the same cases through the playbooks on a cluster (and checks that nothing changed); this shows
+the validation without one."""
 
 from __future__ import annotations
 

@@ -206,8 +206,8 @@ def test_every_component_is_checked(rendered):
             components.add((template["metadata"]["labels"]["app.kubernetes.io/component"], name.split("/")[0]))
     assert {c for c, _kind in components} == {
         "api-server", "scheduler", "dag-processor", "triggerer", "worker", "flower", "migrate", "db-clean", "objects",
-        "database", "pgbouncer", "broker", "prometheus", "statsd-exporter", "kube-state-metrics", "grafana", "metrics-adapter",
-        "elastic-worker-controller"}
+        "database", "pgbouncer", "broker", "prometheus", "statsd-exporter", "kube-state-metrics", "grafana",
+        "metrics-adapter", "elastic-worker-controller"}
     assert {("worker", "StatefulSet"), ("worker", "ElasticWorker")} <= components
 
 
