@@ -323,12 +323,15 @@ def run_mode(e2e, core, mode, workloads, tmp, seed):
                      if k != "scale_out_by_burst"})))
     finally:
         if mode == "keda":
-            # While the operator runs: it removes the ScaledObject's finalizer and its HPA.
-            kubectl("delete", "scaledobject", "%s-worker" % PREFIX, "--ignore-not-found", "--wait=true",
-                    "--timeout=240s", check=False)
-            # Should the operator not have done it, nothing else would: the namespace would hang.
-            kubectl("patch", "scaledobject", "%s-worker" % PREFIX, "--type=merge", "-p",
-                    '{"metadata": {"finalizers": null}}', check=False)
+            # While the operator runs: it removes the finalizers of the ScaledObject (and its HPA) and of
+            # the TriggerAuthentication. Should it not have done so, nothing else would: the namespace
+            # would hang in Terminating (it did, the first time, on the TriggerAuthentication).
+            for obj in reversed(scaled_objects(mode)):  # the ScaledObject first
+                kind = keda.resource(obj)
+                kubectl("delete", kind, obj["metadata"]["name"], "--ignore-not-found", "--wait=true",
+                        "--timeout=240s", check=False)
+                kubectl("patch", kind, obj["metadata"]["name"], "--type=merge", "-p",
+                        '{"metadata": {"finalizers": null}}', check=False)
             if installed:
                 keda.uninstall(kubectl, installed)
         # Gone before the next mode starts: two Airflows do not fit the 2-core node.
