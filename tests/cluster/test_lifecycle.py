@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import time
 
@@ -110,8 +111,10 @@ def host_snapshot() -> dict[str, object]:
     return {
         "sysctls": sysctls,
         "mounts": mounts,
-        # Packet counters change all the time; the rules and chains must not.
-        "iptables": {(cmd, table): sorted(line for line in out(cmd, "-t", table).splitlines()
+        # Packet counters change all the time (a base chain's policy counts once
+        # `iptables -Z` gave it a counter, with iptables-nft); the rules and chains must not.
+        "iptables": {(cmd, table): sorted(re.sub(r"\[\d+:\d+\]$", "[counters]", line)
+                                          for line in out(cmd, "-t", table).splitlines()
                                           if not line.startswith("#"))
                      for cmd in ("iptables-save", "ip6tables-save") for table in ("filter", "nat", "mangle")},
         "links": sorted(line.split(":")[1].strip().split("@")[0] for line in out("ip", "-o", "link").splitlines()),
