@@ -40,7 +40,7 @@ from collections import namedtuple
 from . import kube as K
 from . import reconcile as R
 from .celery_control import CeleryControl, CeleryControlError
-from .drain import DRAINED, Drain, DrainError, WorkerGone
+from .drain import DRAINED, FAILED, Drain, DrainError, WorkerGone
 from .k8s_store import AnnotationStore, pod_record
 
 LOG = logging.getLogger("elastic_worker")
@@ -440,8 +440,6 @@ class Reconciler:
                 self._drains.pop(pod["metadata"]["uid"], None)
         if plan.create:
             self._create_pods(ew, plan.create, report)
-        if any(p not in ("drained", "gone", "restored", "error") for p in report["drains"].values()):
-            report["requeue_after"] = min(report["requeue_after"], DRAIN_POLL_SECONDS)
         status = dict(plan.status)
         old = ew.get("status") or {}
         conditions = list(status["conditions"]) + [R.degraded_condition(report["failures"])]
@@ -460,16 +458,18 @@ class Reconciler:
         report["drains"][pname] = status.phase
         if started:
             report["actions"].append("drain %s: %s" % (pname, status.phase))
-        if not status.done:  # sooner while an idle worker is being confirmed idle (Drain.next_poll_in)
+        # The next pass: sooner while an idle worker is being confirmed idle (Drain.next_poll_in); soon
+        # for a drained pod (deleted then) and a failed rollback (retried then).
+        if not status.done:
             report["requeue_after"] = min(report["requeue_after"],
                                           self._drains[uid].next_poll_in(DRAIN_POLL_SECONDS))
+        elif status.phase in (DRAINED, FAILED):
+            report["requeue_after"] = min(report["requeue_after"], DRAIN_POLL_SECONDS)
         if status.done and status.phase != DRAINED:  # restored (timeout), gone, failed
             self._drains.pop(uid, None)
             if status.reason == "timeout":
                 self._event(ew, "DrainTimedOut", "drain of %s timed out; its consumers were restored" % pname,
                             "Warning")
-        elif status.phase == DRAINED:
-            report["requeue_after"] = min(report["requeue_after"], DRAIN_POLL_SECONDS)
 
     def _create_pods(self, ew, names, report):
         expect = self._expect_create.setdefault(ew["metadata"]["uid"], {})
