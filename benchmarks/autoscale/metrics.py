@@ -98,16 +98,20 @@ def burst_first_queued(tis):
 
 def scale_out_latencies(tis, pods):
     """{burst: seconds from its first queued task to the first task started on a
-    worker pod created after that moment, before the next burst's first queued
-    task} (None: no new worker took a task in that episode)."""
+    worker pod created in its episode (after that moment, before the next
+    burst's first queued task)} (None: no worker created then took a task).
+
+    A pod belongs to the episode it was created in, whenever it takes its first
+    task: a worker still starting when the next episode begins (grace's trickle
+    starts 20 s after its burst) is that burst's scale-out, not nobody's."""
     firsts = burst_first_queued(tis)
     order = sorted(firsts.items(), key=lambda kv: kv[1])
     out = {}
     for i, (burst, tq) in enumerate(order):
         limit = order[i + 1][1] if i + 1 < len(order) else math.inf
-        new = {name for name, p in pods.items() if p.get("created") is not None and p["created"] > tq}
+        new = {name for name, p in pods.items() if p.get("created") is not None and tq < p["created"] < limit}
         starts = [t["start"] for t in tis
-                  if t.get("start") is not None and tq <= t["start"] < limit and pod_of(t.get("hostname")) in new]
+                  if t.get("start") is not None and t["start"] >= tq and pod_of(t.get("hostname")) in new]
         out[burst] = (min(starts) - tq) if starts else None
     return out
 

@@ -223,6 +223,15 @@ def test_scale_out_latency_is_first_queued_to_a_new_worker_taking_a_task():
     assert out == {0: 8, 1: None}  # burst 1 was served by the workers it found
 
 
+def test_scale_out_latency_counts_a_worker_for_the_episode_it_was_created_in():
+    # grace: the burst's new worker takes its first task after the trickle began
+    pods = {"w-0": {"created": 0}, "w-1": {"created": 102}, "w-2": {"created": 125}}
+    tis = [ti("a", 0, 100, 101, 130, host="w-0"), ti("b", 0, 101, 102, 140, host="w-0"),
+           ti("c", 0, 101, 127, 150, host="w-1"), ti("t", 1, 120, 126, 300, host="w-1"),
+           ti("u", 1, 160, 161, 300, host="w-2")]
+    assert metrics.scale_out_latencies(tis, pods) == {0: 26, 1: 41}
+
+
 def test_scale_in_latency_from_the_last_task_end_to_the_fleet_at_its_floor():
     tis = [ti("a", 0, 0, 1, 100)]
     samples = [sample(90, w_0="Running", w_1="Running"), sample(120, w_0="Running", w_1="Terminating"),
