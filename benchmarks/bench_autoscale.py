@@ -119,7 +119,7 @@ def mode_vars(mode, grace):
         },
     }
     if mode == "elastic":
-        # The controller's defaults otherwise (target 80 %, back-off 30 s, poll 10 s).
+        # The controller's defaults otherwise (target 80 %, back-off 30 s, poll 5 s).
         v.update({"elastic_airflow_worker_autoscaling": "elastic",
                   "elastic_worker_min_replicas": MIN_WORKERS, "elastic_worker_max_replicas": MAX_WORKERS})
     else:

@@ -25,7 +25,7 @@ LONG = (60, 180)
 # BURST_SPREAD s, LONG_SHARE of them long; the next burst starts IDLE_GAP s
 # after the burst's short tasks would end on a fleet with a free slot for
 # each, so only its long tasks (if any) still run: a low load for long enough
-# that an autoscaler can scale in (the ElasticWorker's defaults: 30 s back-off,
+# that an autoscaler can scale in (the ElasticWorker's defaults when it was fixed: 30 s back-off,
 # 10 s poll).
 BURSTS = 3
 BURST_SIZE = (5, 8)

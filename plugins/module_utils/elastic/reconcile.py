@@ -44,7 +44,7 @@ TEMPLATE_HASH_ANNOTATION = GROUP + "/template-hash"
 
 DEFAULT_SCALE_IN_THRESHOLD = 0.7
 DEFAULT_SCALE_IN_BACKOFF = 30
-DEFAULT_POLL_INTERVAL = 10
+DEFAULT_POLL_INTERVAL = 5
 DEFAULT_DRAIN_TIMEOUT = 600
 
 # Like the names Kubernetes generates: no vowels, no look-alike characters.
