@@ -149,6 +149,9 @@ class FakeCelery:
     def concurrency(self, hosts):
         return dict((h, 4) for h in hosts)
 
+    def queue_length(self, queues):
+        return 8
+
     def ping(self, hosts):
         return dict((h, True) for h in hosts)
 
@@ -278,3 +281,14 @@ def test_a_pass_comes_back_after_the_drain_poll_while_the_worker_is_busy():
     report = reconciler(ApiKube(pods), pods, celery).reconcile_elastic_worker(ew(1))
     assert report["drains"] == {"w-a": "draining"}
     assert report["requeue_after"] == C.DRAIN_POLL_SECONDS
+
+
+def test_the_load_counts_the_wanted_workers_that_do_not_answer_yet():
+    starting = owned("w-b")
+    starting["status"] = {"phase": "Pending"}
+    pods = [owned("w-a"), starting]
+    rec = reconciler(FakeKube(pods), pods, FakeCelery())
+    ewa = {"metadata": {"name": "w", "namespace": "ns"}, "spec": {"metric": {"type": "celery"}}}
+    # 8 queued over w-a's 4 slots, w-b (Pending) and a third not created yet, of w-a's size: 8 / 12
+    assert rec.measure(ewa, ew(3), pods) == pytest.approx(800 / 12)
+    assert rec.measure(ewa, ew(1), pods) == pytest.approx(200.0)  # w-b is more than wanted: not counted

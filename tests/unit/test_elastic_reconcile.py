@@ -226,6 +226,46 @@ def test_load_from_celery_states():
     assert r.celery_load({}, 3) is None
 
 
+def test_a_draining_worker_has_no_slot_and_an_unknown_size_is_the_default():
+    workers = {"a": {"active": 1, "reserved": 0, "concurrency": 0}, "b": {"active": 1, "concurrency": None}}
+    assert r.celery_load(workers, queued=0, concurrency_default=2) == pytest.approx(100.0)  # 2 held / b's 2 slots
+    assert r.celery_load({"a": {"active": 1, "concurrency": 0}}, queued=1) is None
+
+
+def test_workers_still_starting_count_as_empty_slots_of_their_peers_size():
+    live = {"a": {"active": 2, "reserved": 0, "concurrency": 2}}
+    # 2 running + 6 queued over a's 2 slots and two starting workers of 2: 8 / 6
+    assert r.celery_load(live, queued=6, starting=2) == pytest.approx(800 / 6)
+    assert r.celery_load({}, queued=3, concurrency_default=2, starting=1) == pytest.approx(150.0)
+
+
+def _burst_peak(tasks, concurrency=2, startup=30, poll=5, spec=None):
+    """Poll the autoscaler every ``poll`` s over a burst of ``tasks`` long tasks,
+    one worker answering at the start and each new worker answering ``startup``
+    s after it was asked for: the largest replica count it asks for."""
+    spec = spec or SPEC
+    ready_at = [0.0]  # one per wanted replica
+    status, peak = {}, 1
+    for step in range(40):
+        now = step * poll
+        answering = sum(1 for t in ready_at if t <= now)
+        running = min(tasks, answering * concurrency)
+        workers = dict(("w%d" % i, {"active": min(concurrency, running - i * concurrency), "concurrency": concurrency})
+                       for i in range(answering))
+        load = r.celery_load(workers, queued=tasks - running, concurrency_default=concurrency,
+                             starting=len(ready_at) - answering)
+        desired, status, _unused = r.autoscale(spec, status, len(ready_at), load, now)
+        ready_at += [now + startup] * max(0, desired - len(ready_at))
+        peak = max(peak, desired)
+    return peak
+
+
+@pytest.mark.parametrize("tasks", [3, 5, 8, 13])
+def test_a_burst_asks_for_the_workers_it_needs_not_more_while_they_start(tasks):
+    # ceil(tasks / (2 slots x 80 %)), capped at max 10: what a fleet that starts at once would get
+    assert _burst_peak(tasks) == min(10, -(-tasks * 100 // (2 * 80)))
+
+
 @pytest.mark.parametrize("current,load,expected", [(2, 160, 4), (2, 100, 3), (4, 1000, 10), (1, 81, 2)])
 def test_scale_out_formula_within_max(current, load, expected):
     desired, fields, _unused = r.autoscale(SPEC, {}, current, load, now=0)

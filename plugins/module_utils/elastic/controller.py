@@ -540,10 +540,13 @@ class Reconciler:
         queued = queue_length(control, queues)
         if queued is None:
             return None
-        load = R.celery_load(dict((n, s) for n, s in states.items()), queued)
-        if load is None or (load == 0 and queued and not any((s.get("concurrency") or 1) for s in states.values())):
-            return float("inf")
-        return load
+        # Workers wanted but not answering yet count as empty ones of the size seen so far.
+        answering = sum(1 for p in live
+                        if not drain_phase(p) and (states.get(p["metadata"]["name"]) or {}).get("alive"))
+        size = max([self._concurrency.get(p["metadata"]["uid"]) or 0 for p in live] + [1])
+        load = R.celery_load(states, queued, concurrency_default=size,
+                             starting=max(0, R.desired_replicas(ew) - answering))
+        return float("inf") if load is None else load
 
     def reconcile_autoscaler(self, ewa, force=False):
         ns, name = ewa["metadata"]["namespace"], ewa["metadata"]["name"]

@@ -550,23 +550,37 @@ def status_differs(old, new):
 # the autoscaler
 
 
-def celery_load(workers, queued=0, concurrency_default=1):
-    """Load in percent: tasks held or waiting / task slots of the live workers.
+def celery_load(workers, queued=0, concurrency_default=1, starting=0):
+    """Load in percent: tasks held or waiting / task slots of the workers.
 
-    workers  {name: {"active": n, "reserved": n, "concurrency": n, "alive": bool}}
-    queued   messages waiting in the broker queues
-    Returns None when no worker answers and nothing waits (nothing to measure).
+    workers   {name: {"active": n, "reserved": n, "concurrency": n, "alive": bool}};
+              concurrency None: not known yet (``concurrency_default``), 0: takes
+              no task (a draining worker)
+    queued    messages waiting in the broker queues
+    starting  workers wanted that do not answer yet (created, pulling, importing
+              Airflow): each counts as an empty worker of the live workers' largest
+              concurrency, as the HPA counts a pod that is not ready yet at 0 % for
+              a scale-out. Counted only by their answering peers, the load of the
+              live slots is multiplied by every wanted replica, and each poll while
+              new workers start asks for more of them, up to the maximum.
+    Returns None when there is no slot at all but something waits, 0.0 when
+    there is no slot and nothing waits.
     """
     slots = 0
     held = 0
+    sizes = []
     for state in (workers or {}).values():
         if not state or not state.get("alive", True):
             continue
-        slots += int(state.get("concurrency") or concurrency_default)
+        size = state.get("concurrency")
+        size = concurrency_default if size is None else int(size)
+        slots += size
+        sizes.append(size)
         held += int(state.get("active", 0)) + int(state.get("reserved", 0))
+    slots += int(starting or 0) * max(sizes + [concurrency_default])
     held += int(queued or 0)
     if slots == 0:
-        # No worker: anything waiting is infinite load; nothing waiting is none.
+        # No slot: anything waiting is infinite load; nothing waiting is none.
         return 0.0 if held == 0 else None
     return 100.0 * held / slots
 
