@@ -1,7 +1,7 @@
 """Fault injection on the real node (`make test-chaos`): Airflow, the controller
 (2 replicas, leader-elected) and the Celery workers in their pods, a seeded
-workload of 30 Airflow task runs per fault, and one fault injected while the
-controller scales in (a drain in progress) or while tasks run.
+workload of 30 Airflow task runs per fault, and one fault injected while tasks
+run, as the controller scales in, or while it drains a busy worker (FAULTS).
 
 After each fault the case asserts: no task lost (every run `success`), none
 run twice (exactly one line per run in the results file), no busy worker
@@ -129,11 +129,18 @@ def restart_containerd(core):
     return "containerd restarted"
 
 
-# (fault, when it strikes: "drain" = while the controller drains a worker, "busy" = while tasks run)
+# (fault, when it strikes, the fault). When:
+#   "busy"     while tasks run;
+#   "scale-in" once the first burst is done, 1 s before the autoscaler's scale-in back-off ends: on the
+#              scale-in decision, its drains of idle workers and their deletion (an idle worker's drain
+#              takes about 0.2 s, too short to aim a fault at);
+#   "drain"    while the controller drains a busy worker: a rolling change of the worker template under
+#              load (the same drain state machine and records as a scale-in, lasting as long as the
+#              worker's task).
 FAULTS = [
     ("leader controller pod killed", "drain", kill_leader),
     ("leader frozen past its lease", "drain", freeze_leader),
-    ("API server restarted", "drain", restart_api_server),
+    ("API server restarted", "scale-in", restart_api_server),
     ("etcd restarted", "busy", restart_etcd),
     ("broker restarted", "drain", restart_broker),
     ("controller cut off from the broker", "busy", cut_controller_from_broker),
@@ -150,6 +157,44 @@ def draining_pod(core):
         if DRAIN_ANNOTATION in (pod.metadata.annotations or {}):
             return pod.metadata.name
     return None
+
+
+def roll_worker_template(round_id):
+    """A change of the ElasticWorker's pod template: the controller replaces every worker, draining each first."""
+    patch = {"spec": {"template": {"metadata": {"annotations": {"chaos.elastic-airflow.io/round": round_id}}}}}
+    kubectl("patch", "elasticworker", f"{PREFIX}-worker", "--type", "merge", "-p", json.dumps(patch))
+
+
+def busy_drain_waiter(core):
+    """A predicate: the name of a worker whose drain record has said `draining` for at least a second
+    (its worker still runs a task), else None."""
+    first_seen = {}
+
+    def busy_drain():
+        now = time.time()
+        draining = {}
+        for pod in worker_pods(core):
+            raw = (pod.metadata.annotations or {}).get(DRAIN_ANNOTATION)
+            if raw and json.loads(raw).get("phase") == "draining":
+                draining[pod.metadata.uid] = pod.metadata.name
+        for uid in list(first_seen):
+            if uid not in draining:
+                del first_seen[uid]
+        for uid, name in draining.items():
+            if now - first_seen.setdefault(uid, now) >= 1.0:
+                return name
+        return None
+    return busy_drain
+
+
+def scale_in_due_in(seconds):
+    """A predicate: true from ``seconds`` before the autoscaler's scale-in back-off ends."""
+    def due():
+        ewa = json.loads(kubectl("get", "elasticworkerautoscaler", f"{PREFIX}-worker", "-o", "json"))
+        since = (ewa.get("status") or {}).get("lowLoadSince")
+        backoff = float(ewa["spec"].get("scaleInBackOffSeconds", 30))
+        return since is not None and time.time() >= float(since) + backoff - seconds
+    return due
 
 
 def consuming(core):
@@ -193,15 +238,22 @@ def test_fault_loses_no_task_runs_none_twice_and_converges(deployed, airflow, ca
     wait_for(lambda: len(worker_pods(core)) == 1 and not draining_pod(core), 600, "a quiet start: one idle worker")
     work = Workload(airflow, name, index)
     work.burst(TASKS // 2)
-    if when == "busy":
-        wait_for(lambda: sum(s == "running" for s in work.states()) >= 2, 300, "tasks running", interval=2)
+    if when == "scale-in":
+        work.wait(900)  # the first burst done: load gone, the autoscaler's back-off runs
+        wait_for(scale_in_due_in(1.0), 300, "the scale-in back-off about to end", interval=0.2)
     else:
-        work.wait(900)  # the first burst done: load gone, the controller scales in
-        wait_for(lambda: draining_pod(core), 300, "a drain in progress", interval=0.2)
+        wait_for(lambda: sum(s == "running" for s in work.states()) >= 2, 300, "tasks running", interval=2)
+    if when == "drain":
+        roll_worker_template(f"{index}-{os.urandom(3).hex()}")
+        work.burst(TASKS - TASKS // 2)  # keeps the old workers busy while they are replaced
+        drained = wait_for(busy_drain_waiter(core), 600, "a busy worker's drain in progress", interval=0.2)
     t_fault = time.time()
     what = inject(core)
     fault_done = time.time()
-    work.burst(TASKS - TASKS // 2)
+    if when == "drain":
+        what += f", during {drained}'s drain"
+    else:
+        work.burst(TASKS - TASKS // 2)
     states = work.wait(1200)
     lines = results(core, work.path)
 
