@@ -142,10 +142,13 @@ FAULTS = [
     ("leader frozen past its lease", "drain", freeze_leader),
     ("API server restarted", "scale-in", restart_api_server),
     ("etcd restarted", "busy", restart_etcd),
-    ("broker restarted", "drain", restart_broker),
     ("controller cut off from the broker", "busy", cut_controller_from_broker),
     ("kubelet restarted", "busy", restart_kubelet),
     ("containerd restarted", "busy", restart_containerd),
+    # Last: under running tasks it leaves workers that Celery reports busy for good (celery/celery#8541:
+    # tasks that end while the worker reconnects stay in `inspect active`), so they are never drained,
+    # the fleet does not converge, and a case after it would not start from one idle worker.
+    ("broker restarted", "drain", restart_broker),
 ]
 
 
@@ -257,26 +260,30 @@ def test_fault_loses_no_task_runs_none_twice_and_converges(deployed, airflow, ca
     states = work.wait(1200)
     lines = results(core, work.path)
 
-    def converged():
-        pods = worker_pods(core)
-        if len(pods) != 1 or draining_pod(core) or pods[0].status.phase != "Running":
-            return None
-        return consuming(core) or None
-    queues = wait_for(converged, 600, "one worker, no drain left, consuming", interval=5)
-    converge_s = time.time() - fault_done
-
     per_run = dict((r, [line for line in lines if line[0] == r]) for r in work.run_ids)
     tries = dict((r, max(t["try_number"] for t in airflow.tries(DAG, r))) for r in work.run_ids)
     row = {"fault": name, "submitted": len(work.run_ids), "succeeded": states.count("success"),
            "retried": sum(1 for r in work.run_ids if tries[r] > 1),
            "lost": sum(1 for r, s in zip(work.run_ids, states, strict=True) if s != "success" or not per_run[r]),
-           "duplicate": sum(1 for r in work.run_ids if len(per_run[r]) > 1), "converge_s": converge_s}
+           "duplicate": sum(1 for r in work.run_ids if len(per_run[r]) > 1), "converge_s": None}
     ROWS.append(row)
+
+    def converged():
+        pods = worker_pods(core)
+        if len(pods) != 1 or draining_pod(core) or pods[0].status.phase != "Running":
+            return None
+        return consuming(core) or None
+    try:
+        queues = wait_for(converged, 600, "one worker, no drain left, consuming", interval=5)
+        row["converge_s"] = time.time() - fault_done
+    except AssertionError as exc:
+        queues, not_converged = None, str(exc)
     with capsys.disabled():
         print(f"\n{name} ({what}, {fault_done - t_fault:.0f} s): {row}")
     # The DAG has retries=0: a task whose worker was deleted or died under it ends `failed`,
     # so lost == 0 also says that no busy worker was deleted.
     assert row["lost"] == 0 and row["duplicate"] == 0, row
+    assert queues is not None, not_converged
     assert all(q == ["default"] for q in queues.values()), f"a worker without its consumers: {queues}"
 
 
@@ -290,7 +297,7 @@ def test_fault_table(capsys):
         print("\n" + header)
         for r in ROWS:
             print(f"{r['fault']:40} {r['submitted']:9} {r['succeeded']:9} {r['retried']:7} {r['lost']:4} "
-                  f"{r['duplicate']:9} {r['converge_s']:8.0f}s")
+                  f"{r['duplicate']:9} " + (f"{r['converge_s']:8.0f}s" if r["converge_s"] is not None else "    never"))
     assert all(r["lost"] == 0 and r["duplicate"] == 0 for r in ROWS)
 
 
