@@ -250,7 +250,9 @@ def _burst_peak(tasks, concurrency=2, startup=30, poll=5, spec=None):
         now = step * poll
         answering = sum(1 for t in ready_at if t <= now)
         running = min(tasks, answering * concurrency)
-        workers = dict(("w%d" % i, {"active": min(concurrency, running - i * concurrency), "concurrency": concurrency})
+        # the running tasks fill the answering workers in order; the last ones may hold none
+        workers = dict(("w%d" % i, {"active": max(0, min(concurrency, running - i * concurrency)),
+                                    "concurrency": concurrency})
                        for i in range(answering))
         load = r.celery_load(workers, queued=tasks - running, concurrency_default=concurrency,
                              starting=len(ready_at) - answering)
