@@ -273,11 +273,12 @@ def test_fault_loses_no_task_runs_none_twice_and_converges(deployed, airflow, ca
         if len(pods) != 1 or draining_pod(core) or pods[0].status.phase != "Running":
             return None
         return consuming(core) or None
+    queues, not_converged = None, None
     try:
         queues = wait_for(converged, 600, "one worker, no drain left, consuming", interval=5)
         row["converge_s"] = time.time() - fault_done
     except AssertionError as exc:
-        queues, not_converged = None, str(exc)
+        not_converged = str(exc)
     with capsys.disabled():
         print(f"\n{name} ({what}, {fault_done - t_fault:.0f} s): {row}")
     # The DAG has retries=0: a task whose worker was deleted or died under it ends `failed`,
