@@ -76,18 +76,35 @@ class FakeControl:
         return self._r("shutdown", (), kw)
 
 
+class FakeBackend:
+    """A result backend: {task id: state}; a task it does not know is PENDING, as in Celery."""
+
+    def __init__(self, states=None, fail=None):
+        self.states = dict(states or {})
+        self.fail = fail
+        self.asked = []
+
+    def get_task_meta(self, task_id):
+        self.asked.append(task_id)
+        if self.fail:
+            raise self.fail
+        return {"task_id": task_id, "status": self.states.get(task_id, "PENDING")}
+
+
 class FakeApp:
-    def __init__(self, conn=None):
+    def __init__(self, conn=None, backend=None):
         self.control = FakeControl()
         self.conn = conn or FakeConn()
+        self.conf = {}
+        self.backend = backend
 
     def connection_for_write(self):
         return self.conn
 
 
-def client(**kw):
+def client(result_backend=None, **kw):
     app = FakeApp(**kw)
-    return cc.CeleryControl(None, timeout=0.5, app=app), app
+    return cc.CeleryControl(None, timeout=0.5, app=app, result_backend=result_backend), app
 
 
 H = "celery@w-0"
@@ -137,6 +154,54 @@ def test_workload_collects_ids_and_skips_silent_workers():
     assert cc.WorkerLoad().idle
     inspects = [s for s in app.control.sent if s[0] == "inspect"]
     assert all(kw["limit"] == 2 and kw["connection"] is app.conn for _unused, _unused, kw in inspects)
+
+
+def test_workload_does_not_count_an_active_task_the_result_backend_records_as_finished(caplog):
+    """celery/celery#8541: after a broker reconnect a 5.5 worker lists ended tasks as active for good."""
+    backend = FakeBackend({"ended": "SUCCESS", "failed": "FAILURE", "revoked": "REVOKED", "running": "STARTED"})
+    c, app = client(result_backend="db+postgresql://airflow:pw@db/airflow", backend=backend)
+    assert app.conf["result_backend"] == "db+postgresql://airflow:pw@db/airflow"
+    app.control.inspect_data = {
+        "active": {H: [{"id": "ended"}, {"id": "running"}], "celery@w-1": [{"id": "failed"}, {"id": "revoked"}],
+                   "celery@w-2": [{"id": "new"}]},  # PENDING: track_started off, or not stored yet
+        "reserved": {H: [{"id": "ended"}], "celery@w-1": [], "celery@w-2": []},  # only active ones are checked
+        "scheduled": {H: [], "celery@w-1": [], "celery@w-2": []},
+    }
+    out = c.workload([H, "celery@w-1", "celery@w-2"])
+    assert out[H].active == ("running",) and out[H].finished == ("ended",) and out[H].reserved == ("ended",)
+    assert out["celery@w-1"].idle and out["celery@w-1"].finished == ("failed", "revoked")
+    assert out["celery@w-2"].active == ("new",) and not out["celery@w-2"].idle
+    assert out[H].counts() == {"active": 1, "reserved": 1, "scheduled": 0}
+    assert sorted(backend.asked) == ["ended", "failed", "new", "revoked", "running"]  # one read per active task
+
+
+def test_workload_counts_every_task_when_the_result_backend_cannot_be_read(caplog):
+    backend = FakeBackend({"ended": "SUCCESS"},
+                          fail=OSError("could not connect to db+postgresql://airflow:s3cret@db:5432/airflow"))
+    c, app = client(result_backend="db+postgresql://airflow:s3cret@db/airflow", backend=backend)
+    app.control.inspect_data = {"active": {H: [{"id": "ended"}]}, "reserved": {H: []}, "scheduled": {H: []}}
+    with caplog.at_level("WARNING"):
+        out = c.workload([H])
+    assert out[H].active == ("ended",) and not out[H].idle  # never idle on a guess
+    assert "cannot read the Celery result backend" in caplog.text and "s3cret" not in caplog.text
+    with pytest.raises(cc.CeleryControlError) as err:
+        c.finished(["ended"])
+    assert "s3cret" not in str(err.value) and "OSError" in str(err.value)
+
+
+def test_without_a_result_backend_inspect_active_is_trusted():
+    c, app = client(backend=FakeBackend({"ended": "SUCCESS"}))
+    app.control.inspect_data = {"active": {H: [{"id": "ended"}]}, "reserved": {H: []}, "scheduled": {H: []}}
+    assert c.workload([H])[H].active == ("ended",)
+    assert app.backend.asked == [] and c.finished(["ended"]) == frozenset()
+
+
+def test_a_psycopg3_result_backend_prepares_no_statements():
+    """Behind PgBouncer (a transaction pooler) prepared statements break, as Airflow's own settings know."""
+    assert cc.CeleryControl(None, app=FakeApp(), result_backend="db+postgresql+psycopg://u:p@pgbouncer/a").app.conf[
+        "database_engine_options"] == {"connect_args": {"prepare_threshold": None}}
+    for url in ("db+postgresql://u:p@db/a", "redis://r:6379/1", "db+mysql://u:p@db/a"):
+        assert cc.CeleryControl(None, app=FakeApp(), result_backend=url).app.conf["database_engine_options"] == {}
 
 
 def test_workload_none_reply_is_empty():
@@ -402,3 +467,12 @@ def test_queue_length_maps_a_lost_broker_and_keeps_other_errors():
     c, _unused = client(conn=FakeConn(fail=ConnErr("refused")))
     with pytest.raises(cc.BrokerUnreachable, match="cannot reach"):
         c.queue_length(["default"])
+
+
+def test_finished_reads_a_real_celery_result_backend(tmp_path):
+    """Celery's own backend API (the file backend: no server), as a worker's task leaves it."""
+    c = cc.CeleryControl("redis://127.0.0.1:1/0", timeout=0.3, result_backend="file://" + str(tmp_path))
+    c.app.backend.store_result("done", 42, "SUCCESS")
+    c.app.backend.store_result("failed", ValueError("x"), "FAILURE")
+    c.app.backend.store_result("running", {"pid": 1}, "STARTED")
+    assert c.finished(["done", "failed", "running", "unknown"]) == {"done", "failed"}

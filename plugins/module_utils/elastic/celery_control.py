@@ -24,11 +24,23 @@ exactly ``timeout`` seconds.
 
 A worker that does not answer is *absent from* the result of ``ping``-like
 queries (``ping`` maps it to False); it is never reported as idle.
+
+With ``result_backend`` (the workers' Celery result backend), a task a
+worker lists as active but the backend records as finished (SUCCESS,
+FAILURE, REVOKED) is not counted (``WorkerLoad.finished``): Celery 5.5's
+prefork pool forgets the tasks that run while the broker connection is
+re-established, and ``inspect active`` lists them for good after they end
+(celery/celery#8541; Celery 5.6 no longer clears that cache). Anything the
+backend does not record as finished (PENDING, STARTED, or a backend that
+cannot be read) stays active: the witness can only clear a task, never
+invent one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 import socket
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -41,6 +53,12 @@ __all__ = [
     "QueueRef",
     "WorkerLoad",
 ]
+
+LOG = logging.getLogger(__name__)
+
+# Celery's ready states (celery.states.READY_STATES), spelled out so this
+# module imports Celery only when it talks to a broker.
+FINISHED_STATES = frozenset(("SUCCESS", "FAILURE", "REVOKED"))
 
 
 class CeleryControlError(Exception):
@@ -69,11 +87,16 @@ class CommandFailed(CeleryControlError):
 
 @dataclasses.dataclass(frozen=True)
 class WorkerLoad:
-    """What one worker holds: task ids it is running, has prefetched, and holds for an ETA."""
+    """What one worker holds: task ids it is running, has prefetched, and holds for an ETA.
+
+    ``finished``: ids the worker lists as active that the result backend
+    records as finished; not part of ``active``, ``total`` or ``idle``.
+    """
 
     active: Tuple[str, ...] = ()
     reserved: Tuple[str, ...] = ()
     scheduled: Tuple[str, ...] = ()
+    finished: Tuple[str, ...] = ()
 
     @property
     def total(self) -> int:
@@ -120,6 +143,23 @@ class QueueRef:
 QueueLike = Union[QueueRef, str, dict]
 
 
+def _database_engine_options(result_backend: str) -> dict:
+    """Celery ``database_engine_options`` for a result backend URL.
+
+    psycopg 3 prepares statements, which a transaction pooler (PgBouncer)
+    cannot keep: turn that off, as Airflow's Celery configuration does.
+    """
+    scheme = result_backend.split("://", 1)[0].lower()
+    if scheme.startswith("db+") and scheme.endswith("+psycopg"):
+        return {"connect_args": {"prepare_threshold": None}}
+    return {}
+
+
+def _without_url(exc: BaseException) -> str:
+    """An exception's type and message, with anything that looks like a URL (it may hold a password) masked."""
+    return "%s: %s" % (type(exc).__name__, re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", "<url>", str(exc)))
+
+
 def _task_id(entry) -> Optional[str]:
     """Task id of an inspect entry (active/reserved: request dict; scheduled: {'request': ...})."""
     if not isinstance(entry, dict):
@@ -137,6 +177,9 @@ class CeleryControl:
     ``connect_timeout``: seconds to establish the broker connection (default:
     ``timeout``). ``app``: an existing Celery app to use instead (its broker and
     ``control_exchange`` are used; ``broker_url`` may then be None).
+    ``result_backend``: the workers' result backend URL (e.g. Airflow's
+    ``db+postgresql://...``); tasks it records as finished are not counted as
+    active (module docstring). None: trust ``inspect active`` alone.
     """
 
     def __init__(
@@ -146,6 +189,7 @@ class CeleryControl:
         connect_timeout: Optional[float] = None,
         app=None,
         transport_options: Optional[dict] = None,
+        result_backend: Optional[str] = None,
     ):
         if timeout is None or float(timeout) <= 0:
             raise ValueError("timeout must be > 0 seconds, got %r" % (timeout,))
@@ -166,7 +210,11 @@ class CeleryControl:
                 # nothing of ours is a task; keep the client side minimal
                 worker_hijack_root_logger=False,
             )
+        if result_backend:
+            app.conf.update(result_backend=result_backend,
+                            database_engine_options=_database_engine_options(result_backend))
         self.app = app
+        self.result_backend = bool(result_backend)
         self._conn = None
 
     # -- connection -----------------------------------------------------------
@@ -226,6 +274,22 @@ class CeleryControl:
                 raise BrokerUnreachable("lost the Celery broker %s: %s" % (self.safe_broker_url, exc)) from exc
             raise
 
+    def finished(self, task_ids: Iterable[str]) -> frozenset:
+        """The ids among ``task_ids`` that the result backend records as finished.
+
+        Empty without a result backend. Raises CeleryControlError when the
+        backend cannot be read (its message names no credentials).
+        """
+        ids = [i for i in dict.fromkeys(task_ids) if i]
+        if not self.result_backend or not ids:
+            return frozenset()
+        try:
+            backend = self.app.backend
+            states = dict((i, (backend.get_task_meta(i) or {}).get("status")) for i in ids)
+        except Exception as exc:
+            raise CeleryControlError("cannot read the Celery result backend: %s" % _without_url(exc)) from None
+        return frozenset(i for i, state in states.items() if state in FINISHED_STATES)
+
     @staticmethod
     def _hosts(hostnames: Union[str, Iterable[str]]) -> List[str]:
         if isinstance(hostnames, str):
@@ -261,11 +325,20 @@ class CeleryControl:
         parts = {}
         for method in ("active", "reserved", "scheduled"):
             parts[method] = self._inspect(hosts, method)
-        out = {}
+        ids = {}
         for h in hosts:
             if all(h in parts[m] for m in parts):
-                ids = {m: tuple(i for i in (_task_id(e) for e in (parts[m][h] or [])) if i) for m in parts}
-                out[h] = WorkerLoad(ids["active"], ids["reserved"], ids["scheduled"])
+                ids[h] = {m: tuple(i for i in (_task_id(e) for e in (parts[m][h] or [])) if i) for m in parts}
+        finished = frozenset()
+        try:
+            finished = self.finished(i for h in ids for i in ids[h]["active"])
+        except CeleryControlError as exc:  # then every listed task counts: never idle on a guess
+            LOG.warning("%s; counting every task the workers list as active", exc)
+        out = {}
+        for h, got in ids.items():
+            active = tuple(i for i in got["active"] if i not in finished)
+            out[h] = WorkerLoad(active, got["reserved"], got["scheduled"],
+                                finished=tuple(i for i in got["active"] if i in finished))
         return out
 
     def concurrency(self, hostnames: Union[str, Iterable[str]]) -> Dict[str, int]:
