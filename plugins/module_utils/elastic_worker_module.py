@@ -101,7 +101,8 @@ def describe(params):
     rec = C.Reconciler(kube, caches, dry_run=True, celery_timeout=params["celery_timeout"])
     try:
         pods = rec.pods_of(ew)
-        control = rec.control_for(params["namespace"], (ew["spec"].get("drain") or {}).get("brokerSecretRef"))
+        drain = ew["spec"].get("drain") or {}
+        control = rec.control_for(params["namespace"], drain.get("brokerSecretRef"), drain.get("resultBackendSecretRef"))
         states = rec.worker_states(control, pods)
     finally:
         rec.close()

@@ -190,7 +190,7 @@ def reconciler(kube, pods, celery, now=None):
     rec = C.Reconciler(kube, {"pods": C.MemoryCache(pods), "elasticworkers": C.MemoryCache([ew(len(pods))]),
                               "elasticworkerautoscalers": C.MemoryCache([])},
                        clock=lambda: 1000.0, monotonic=(now or (lambda: 0.0)))
-    rec.control_for = lambda ns, ref: celery
+    rec.control_for = lambda ns, ref, result_backend_ref=None: celery
     return rec
 
 
@@ -292,3 +292,28 @@ def test_the_load_counts_the_wanted_workers_that_do_not_answer_yet():
     # 8 queued over w-a's 4 slots, w-b (Pending) and a third not created yet, of w-a's size: 8 / 12
     assert rec.measure(ewa, ew(3), pods) == pytest.approx(800 / 12)
     assert rec.measure(ewa, ew(1), pods) == pytest.approx(200.0)  # w-b is more than wanted: not counted
+
+
+def test_control_for_reads_the_result_backend_secret_of_the_elastic_worker():
+    """spec.drain.resultBackendSecretRef gives the CeleryControl its witness (key result-backend-url by default)."""
+    secrets = {("ns", "broker", "url"): "redis://:pw@broker:6379/0",
+               ("ns", "db", "result-backend-url"): "db+postgresql://airflow:pw@db/airflow",
+               ("ns", "db", "other"): "redis://:pw@results:6379/1"}
+    read = []
+
+    class Kube:
+        def read_secret_key(self, ns, name, key):
+            read.append((ns, name, key))
+            return secrets[(ns, name, key)]
+
+    rec = C.Reconciler(Kube(), {"pods": C.MemoryCache([]), "elasticworkers": C.MemoryCache([]),
+                                "elasticworkerautoscalers": C.MemoryCache([])})
+    plain = rec.control_for("ns", {"name": "broker"})
+    witnessed = rec.control_for("ns", {"name": "broker"}, {"name": "db"})
+    other_key = rec.control_for("ns", {"name": "broker"}, {"name": "db", "key": "other"})
+    assert not plain.result_backend and witnessed.result_backend and other_key.result_backend
+    assert witnessed.app.conf.result_backend == "db+postgresql://airflow:pw@db/airflow"
+    assert other_key.app.conf.result_backend == "redis://:pw@results:6379/1"
+    assert rec.control_for("ns", {"name": "broker"}, {"name": "db"}) is witnessed  # cached per pair of refs
+    assert len(read) == 5  # broker thrice (one per distinct pair), the two backends once
+    rec.close()

@@ -200,7 +200,7 @@ API_CALLERS = ["prometheus", "kube-state-metrics", "metrics-adapter", "elastic-w
 
 # (from, to, port[, protocol]): what the components need in the default settings.
 NEEDED = (
-    [(c, "database", 5432) for c in AIRFLOW]
+    [(c, "database", 5432) for c in AIRFLOW + ["elastic-worker-controller"]]  # its: the Celery result backend
     + [(c, "broker", 6379) for c in ["scheduler", "worker", "flower", "elastic-worker-controller"]]
     + [(c, "api-server", 8080) for c in ["worker", "triggerer", "dag-processor"]]  # Airflow 3's execution API
     + [("api-server", "worker", 8793), ("api-server", "triggerer", 8794)]  # task and trigger logs
@@ -218,7 +218,7 @@ DENIED = [
     ("worker", "grafana", 3000), ("worker", "prometheus", 9090), ("worker", "worker", 8793),
     ("flower", "api-server", 8080), ("scheduler", "api-server", 8080), ("dag-processor", "worker", 8793),
     ("api-server", "broker", 6379), ("migrate", "broker", 6379), ("dag-processor", "broker", 6379),
-    ("grafana", "database", 5432), ("prometheus", "database", 5432), ("elastic-worker-controller", "database", 5432),
+    ("grafana", "database", 5432), ("prometheus", "database", 5432),
     ("worker", "database", 3306),
     ("other-instance", "database", 5432), ("other-instance", "broker", 6379), ("elsewhere", "database", 5432),
     ("internet", "database", 5432), ("internet", "broker", 6379), ("internet", "prometheus", 9090),
@@ -283,12 +283,12 @@ CHANGES = {
     # Every Airflow pod but the migrate Job goes through PgBouncer, which alone (with the migrate Job)
     # reaches the database; PgBouncer resolves the database's name and has no other egress.
     "pgbouncer": (
-        [(c, "pgbouncer", 6432) for c in AIRFLOW + ["db-clean"] if c != "migrate"]
+        [(c, "pgbouncer", 6432) for c in AIRFLOW + ["db-clean", "elastic-worker-controller"] if c != "migrate"]
         + [("pgbouncer", "database", 5432), ("migrate", "database", 5432),
            ("pgbouncer", "kube-dns", 53, "UDP"), ("pgbouncer", "kube-dns", 53, "TCP")],
-        [(c, "database", 5432) for c in AIRFLOW + ["db-clean"] if c != "migrate"]
+        [(c, "database", 5432) for c in AIRFLOW + ["db-clean", "elastic-worker-controller"] if c != "migrate"]
         + [("migrate", "pgbouncer", 6432), ("grafana", "pgbouncer", 6432), ("prometheus", "pgbouncer", 6432),
-           ("elastic-worker-controller", "pgbouncer", 6432), ("other-instance", "pgbouncer", 6432),
+           ("other-instance", "pgbouncer", 6432),
            ("elsewhere", "pgbouncer", 6432), ("internet", "pgbouncer", 6432), ("pgbouncer", "internet", 443),
            ("pgbouncer", "broker", 6379), ("pgbouncer", "api-server", 8080), ("pgbouncer", "database", 3306),
            ("database", "pgbouncer", 6432)]),
@@ -299,7 +299,7 @@ REMOVED = {  # default needs that the variant's settings take away
     "git-https-prometheus-allow-lists": {("internet", "api-server"), ("internet", "flower"), ("internet", "grafana"),
                                          ("worker", "kube-apiserver"), ("triggerer", "kube-apiserver")},
     "ingresses-worker-logs-db-clean": {("internet", "api-server"), ("internet", "flower"), ("internet", "grafana")},
-    "pgbouncer": {(c, "database") for c in AIRFLOW if c != "migrate"},
+    "pgbouncer": {(c, "database") for c in AIRFLOW + ["elastic-worker-controller"] if c != "migrate"},
 }
 
 

@@ -220,6 +220,7 @@ class Reconciler:
         self._controls = {}  # broker secret -> CeleryControl
         self._drains = {}  # pod uid -> Drain (keeps its in-memory settle count)
         self._concurrency = {}  # pod uid -> worker pool size
+        self._finished_logged = {}  # pod uid -> the finished-but-listed task ids last logged
         self._expect_create = {}  # ew uid -> {pod name: deadline}
         self._next_poll = {}  # ewa uid -> monotonic time of the next measurement
         self.throttle = throttle or Throttle()  # per object (pod or ElasticWorker uid) retry delays
@@ -238,14 +239,23 @@ class Reconciler:
                 and (p["metadata"].get("labels") or {}).get(R.OWNER_LABEL) == ew["metadata"]["name"]]
         return R.owned_pods(ew, pods)
 
-    def control_for(self, namespace, secret_ref):
-        """A CeleryControl for the broker named by a secret ref, or None."""
+    def control_for(self, namespace, secret_ref, result_backend_ref=None):
+        """A CeleryControl for the broker named by a secret ref, or None.
+
+        ``result_backend_ref``: the Secret of the workers' result backend URL
+        (key ``result-backend-url``); tasks it records as finished are not
+        counted as running (CeleryControl, celery/celery#8541).
+        """
         if not secret_ref or not secret_ref.get("name"):
             return None
-        key = (namespace, secret_ref["name"], secret_ref.get("key", "url"))
+        backend = None
+        if result_backend_ref and result_backend_ref.get("name"):
+            backend = (result_backend_ref["name"], result_backend_ref.get("key", R.RESULT_BACKEND_SECRET_KEY))
+        key = (namespace, secret_ref["name"], secret_ref.get("key", "url"), backend)
         if key not in self._controls:
             url = self.kube.read_secret_key(namespace, secret_ref["name"], secret_ref.get("key", "url"))
-            self._controls[key] = CeleryControl(url, timeout=self.celery_timeout)
+            backend_url = self.kube.read_secret_key(namespace, *backend) if backend else None
+            self._controls[key] = CeleryControl(url, timeout=self.celery_timeout, result_backend=backend_url)
         if self.fence is not None:
             return FencedControl(self._controls[key], self.fence)
         return self._controls[key]
@@ -274,6 +284,11 @@ class Reconciler:
         states = {}
         for host, load in loads.items():
             pod = hosts[host]
+            if load.finished and self._finished_logged.get(pod["metadata"]["uid"]) != load.finished:
+                self._finished_logged[pod["metadata"]["uid"]] = load.finished
+                LOG.warning("%s lists %d task(s) as active that the result backend records as finished "
+                            "(Celery lost them at a broker reconnect, celery/celery#8541): not counted",
+                            host, len(load.finished))
             counts = load.counts()
             states[pod["metadata"]["name"]] = {
                 "alive": True, "active": counts["active"],
@@ -384,8 +399,9 @@ class Reconciler:
         pods = self.pods_of(ew)
         control, broker_error = None, None
         try:
-            control = self.control_for(ew["metadata"]["namespace"],
-                                       ((ew.get("spec") or {}).get("drain") or {}).get("brokerSecretRef"))
+            drain = (ew.get("spec") or {}).get("drain") or {}
+            control = self.control_for(ew["metadata"]["namespace"], drain.get("brokerSecretRef"),
+                                       drain.get("resultBackendSecretRef"))
         except Exception as exc:  # secret missing, bad URL
             broker_error = str(exc)
         states = self.worker_states(control, pods)
@@ -522,8 +538,9 @@ class Reconciler:
             items = json.loads(response[0].data).get("items") or []
             return float(parse_quantity(items[0]["value"])) if items else None
         celery = metric.get("celery") or {}
-        ref = celery.get("brokerSecretRef") or (ew["spec"].get("drain") or {}).get("brokerSecretRef")
-        control = self.control_for(ns, ref)
+        drain = ew["spec"].get("drain") or {}
+        control = self.control_for(ns, celery.get("brokerSecretRef") or drain.get("brokerSecretRef"),
+                                   drain.get("resultBackendSecretRef"))
         if control is None:
             return None
         live = [p for p in pods if not R.pod_terminating(p)]

@@ -46,6 +46,8 @@ DEFAULT_SCALE_IN_THRESHOLD = 0.7
 DEFAULT_SCALE_IN_BACKOFF = 30
 DEFAULT_POLL_INTERVAL = 5
 DEFAULT_DRAIN_TIMEOUT = 600
+# The key of spec.drain.resultBackendSecretRef when it names none (the collection's database Secrets').
+RESULT_BACKEND_SECRET_KEY = "result-backend-url"
 
 # Like the names Kubernetes generates: no vowels, no look-alike characters.
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
