@@ -41,6 +41,16 @@ options:
       - URL of the Celery broker the workers use, C(redis://), C(rediss://), C(amqp://) or C(amqps://).
       - Can also be given as the environment variable E(ELASTIC_AIRFLOW_BROKER_URL); one of the two is required.
     type: str
+  result_backend:
+    description:
+      - URL of the workers' Celery result backend (Airflow's C([celery] result_backend), for example
+        C(db+postgresql://...)); optional.
+      - With it, a task a worker lists as active that the backend records as finished (C(SUCCESS), C(FAILURE),
+        C(REVOKED)) does not keep the drain waiting. Celery 5.5 lists the tasks that ended while the worker
+        reconnected to its broker as active for good (celery/celery#8541), so without it such a worker never
+        drains and the drain times out.
+      - Can also be given as the environment variable E(ELASTIC_AIRFLOW_RESULT_BACKEND).
+    type: str
   workers:
     description:
       - Names of worker pods in O(namespace) to drain.
@@ -283,6 +293,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             broker_url=dict(type="str", no_log=True, fallback=(env_fallback, ["ELASTIC_AIRFLOW_BROKER_URL"])),
+            result_backend=dict(type="str", no_log=True, fallback=(env_fallback, ["ELASTIC_AIRFLOW_RESULT_BACKEND"])),
             workers=dict(type="list", elements="str", default=[]),
             label_selectors=dict(type="list", elements="str", default=[]),
             celery_hostnames=dict(type="list", elements="str", default=[]),

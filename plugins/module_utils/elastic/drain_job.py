@@ -256,7 +256,8 @@ def run(params, check_mode, core_v1=None, control=None):
     store = open_store(params, core_v1 if uses_pods(params) else None, targets)
     try:
         if control is None:
-            control = CeleryControl(params["broker_url"], timeout=params["control_timeout"])
+            control = CeleryControl(params["broker_url"], timeout=params["control_timeout"],
+                                    result_backend=params.get("result_backend"))
         if any(t.exists for t in targets):
             control.connect()  # fail early, before anything changes
     except (CeleryControlError, ValueError) as exc:
