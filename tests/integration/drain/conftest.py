@@ -7,9 +7,12 @@ is stopped at its end, one that was already running is left running.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +25,13 @@ import pytest
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 SERVICES = REPO / "tests" / "services" / "services.sh"
+CACHE = pathlib.Path(os.environ.get("ELASTIC_AIRFLOW_CACHE") or pathlib.Path.home() / ".cache" / "elastic-airflow")
+AIRFLOW_REQUIREMENTS = REPO / "images" / "airflow" / "requirements.txt"
+# Celery and what its worker imports, installed at the Airflow image's pins
+# (canonical names: lower case, "-" for "_" and ".").
+AIRFLOW_CELERY_STACK = ("celery", "kombu", "billiard", "vine", "amqp", "click", "click-didyoumean", "click-repl",
+                        "click-plugins", "python-dateutil", "redis", "tzdata", "prompt-toolkit", "wcwidth", "six",
+                        "packaging", "typing-extensions")
 sys.path.insert(0, str(REPO / "plugins" / "module_utils"))
 
 from elastic.celery_control import CeleryControl  # noqa: E402
@@ -62,11 +72,62 @@ def broker_url(request):
     return request.getfixturevalue(request.param + "_url")
 
 
-class Workers:
-    """Celery worker processes (prefork, concurrency 2) consuming one private queue."""
+def airflow_celery_pins() -> dict[str, str]:
+    """{canonical name: "name==version" line} of AIRFLOW_CELERY_STACK as images/airflow/requirements.txt pins it."""
+    pins = {}
+    for line in AIRFLOW_REQUIREMENTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        name, sep, version = line.partition("==")
+        canonical = re.sub(r"[-_.]+", "-", name.strip()).lower()
+        if sep and version and canonical in AIRFLOW_CELERY_STACK:
+            pins[canonical] = line
+    if "celery" not in pins:
+        raise RuntimeError("%s pins no celery" % AIRFLOW_REQUIREMENTS)
+    return dict((name, pins[name]) for name in AIRFLOW_CELERY_STACK if name in pins)
 
-    def __init__(self, broker: str, tmp: pathlib.Path, acks_late: bool = True, concurrency: int = 2):
+
+@pytest.fixture(scope="session")
+def airflow_celery_python() -> str:
+    """A python with the Celery of the Airflow image (a venv cached under CACHE/celery-airflow-<key>).
+
+    Keyed by the pins it installs and this interpreter's version (a venv is
+    bound to its base interpreter). Built in a temporary directory and renamed
+    into place once complete, so an interrupted build is never reused.
+    """
+    pins = list(airflow_celery_pins().values())
+    key = hashlib.sha256("\n".join(pins + ["python==%d.%d.%d" % sys.version_info[:3]]).encode()).hexdigest()[:12]
+    venv = CACHE / ("celery-airflow-" + key)
+    python = venv / "bin" / "python"
+    if not python.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=venv.name + ".building-", dir=CACHE))
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True)
+            subprocess.run([str(tmp / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                            "--disable-pip-version-check", *pins], check=True)
+            try:
+                tmp.rename(venv)  # bin/python links to the base interpreter: the move keeps it working
+            except OSError:
+                if not python.exists():  # else another session finished first: use its venv
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(python)
+
+
+class Workers:
+    """Celery worker processes (prefork, concurrency 2) consuming one private queue.
+
+    ``python``: the interpreter the workers run with (another Celery version,
+    see ``airflow_celery_python``). ``result_backend``: the workers' (and the
+    client app's) result backend; default none.
+    """
+
+    def __init__(self, broker: str, tmp: pathlib.Path, acks_late: bool = True, concurrency: int = 2,
+                 python: str = sys.executable, result_backend: str | None = None):
         self.broker = broker
+        self.python = python
+        self.result_backend = result_backend
         self.tmp = tmp
         self.tag = uuid.uuid4().hex[:8]
         self.queue = "drain-test-" + self.tag
@@ -79,7 +140,7 @@ class Workers:
         # a client app of its own per test (a shared one would keep its first broker's producer pool)
         from celery import Celery
 
-        self.app = Celery("drain-tests-client", broker=broker, set_as_current=False)
+        self.app = Celery("drain-tests-client", broker=broker, backend=result_backend, set_as_current=False)
 
     def hostname(self, i: int) -> str:
         return "w%d-%s@drain" % (i, self.tag)
@@ -87,13 +148,14 @@ class Workers:
     def start(self, n: int) -> list[str]:
         env = dict(os.environ, DRAIN_TEST_BROKER=self.broker, DRAIN_TEST_LOG=str(self.log),
                    DRAIN_TEST_ACKS_LATE="1" if self.acks_late else "0",
+                   DRAIN_TEST_RESULT_BACKEND=self.result_backend or "",
                    PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         names = []
         for i in range(len(self.procs), len(self.procs) + n):
             name = self.hostname(i)
             out = open(self.tmp / ("worker-%d.log" % i), "w")
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "tasksapp", "worker", "-c", str(self.concurrency),
+                [self.python, "-m", "celery", "-A", "tasksapp", "worker", "-c", str(self.concurrency),
                  "-n", name, "-Q", self.queue, "-P", "prefork", "-l", "info",
                  "--without-gossip", "--without-mingle", "--without-heartbeat"],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(HERE))

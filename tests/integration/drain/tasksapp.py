@@ -4,10 +4,13 @@ Configured from the environment so one file serves every test:
   DRAIN_TEST_BROKER   broker URL
   DRAIN_TEST_LOG      file each task appends ``start``/``end`` lines to
   DRAIN_TEST_ACKS_LATE  "1" (Airflow's default) or "0"
+  DRAIN_TEST_RESULT_BACKEND  result backend URL (e.g. file:///dir); unset or
+                      empty: no result backend, results are ignored
 
 Settings follow Airflow's Celery defaults where they matter for a drain:
 prefetch multiplier 1, acks_late, a Redis visibility timeout far above any
-task's duration (a message is only redelivered if a worker dies holding it).
+task's duration (a message is only redelivered if a worker dies holding it),
+task_track_started (with a result backend, a running task is STARTED there).
 """
 import os
 import socket
@@ -15,14 +18,18 @@ import time
 
 from celery import Celery
 
-app = Celery("drain_tests", broker=os.environ.get("DRAIN_TEST_BROKER", "redis://127.0.0.1:16379/0"))
+RESULT_BACKEND = os.environ.get("DRAIN_TEST_RESULT_BACKEND") or None
+
+app = Celery("drain_tests", broker=os.environ.get("DRAIN_TEST_BROKER", "redis://127.0.0.1:16379/0"),
+             backend=RESULT_BACKEND)
 app.conf.update(
     task_acks_late=os.environ.get("DRAIN_TEST_ACKS_LATE", "1") == "1",
     task_reject_on_worker_lost=False,
     worker_prefetch_multiplier=1,
     broker_transport_options={"visibility_timeout": 3600},
     broker_connection_retry_on_startup=True,
-    task_ignore_result=True,
+    task_ignore_result=RESULT_BACKEND is None,
+    task_track_started=True,
     worker_hijack_root_logger=False,
 )
 
