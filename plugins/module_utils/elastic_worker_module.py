@@ -102,7 +102,8 @@ def describe(params):
     try:
         pods = rec.pods_of(ew)
         drain = ew["spec"].get("drain") or {}
-        control = rec.control_for(params["namespace"], drain.get("brokerSecretRef"), drain.get("resultBackendSecretRef"))
+        control = rec.control_for(params["namespace"], drain.get("brokerSecretRef"),
+                                  drain.get("resultBackendSecretRef"))
         states = rec.worker_states(control, pods)
     finally:
         rec.close()

@@ -317,3 +317,24 @@ def test_control_for_reads_the_result_backend_secret_of_the_elastic_worker():
     assert rec.control_for("ns", {"name": "broker"}, {"name": "db"}) is witnessed  # cached per pair of refs
     assert len(read) == 5  # broker thrice (one per distinct pair), the two backends once
     rec.close()
+
+
+def test_a_finished_task_still_listed_is_warned_about_once_after_a_minute(caplog):
+    """Just-ended tasks race with the worker's bookkeeping (no warning); one listed a minute later is stale."""
+    now = [0.0]
+    rec = C.Reconciler(None, {"pods": C.MemoryCache([]), "elasticworkers": C.MemoryCache([]),
+                              "elasticworkerautoscalers": C.MemoryCache([])}, monotonic=lambda: now[0])
+    with caplog.at_level("WARNING", logger="elastic_worker"):
+        rec._note_finished("celery@w-0", ("racing", "stale"))
+        now[0] = 30.0
+        rec._note_finished("celery@w-0", ("stale",))  # "racing" is gone from the worker's list
+        now[0] = 59.0
+        rec._note_finished("celery@w-0", ("stale",))
+        assert caplog.text == ""
+        now[0] = 60.0
+        rec._note_finished("celery@w-0", ("stale",))
+        now[0] = 300.0
+        rec._note_finished("celery@w-0", ("stale",))
+    assert caplog.text.count("lists task stale as active 60 s after") == 1 and "racing" not in caplog.text
+    rec._note_finished("celery@w-0", ())
+    assert rec._finished_since == {}

@@ -46,6 +46,8 @@ from .k8s_store import AnnotationStore, pod_record
 LOG = logging.getLogger("elastic_worker")
 
 DRAIN_POLL_SECONDS = 0.5  # a drain in progress is looked at again this soon
+# A task listed as active this long after the result backend recorded it finished is stale, not racing.
+STALE_FINISHED_SECONDS = 60
 
 # What one pass of an ElasticWorker decides on: its pods, the pods created but
 # not in the cache yet, the Celery control (None without a broker) and why
@@ -220,7 +222,7 @@ class Reconciler:
         self._controls = {}  # broker secret -> CeleryControl
         self._drains = {}  # pod uid -> Drain (keeps its in-memory settle count)
         self._concurrency = {}  # pod uid -> worker pool size
-        self._finished_logged = {}  # pod uid -> the finished-but-listed task ids last logged
+        self._finished_since = {}  # worker -> {task id listed active but finished: first seen, None once warned}
         self._expect_create = {}  # ew uid -> {pod name: deadline}
         self._next_poll = {}  # ewa uid -> monotonic time of the next measurement
         self.throttle = throttle or Throttle()  # per object (pod or ElasticWorker uid) retry delays
@@ -284,11 +286,7 @@ class Reconciler:
         states = {}
         for host, load in loads.items():
             pod = hosts[host]
-            if load.finished and self._finished_logged.get(pod["metadata"]["uid"]) != load.finished:
-                self._finished_logged[pod["metadata"]["uid"]] = load.finished
-                LOG.warning("%s lists %d task(s) as active that the result backend records as finished "
-                            "(Celery lost them at a broker reconnect, celery/celery#8541): not counted",
-                            host, len(load.finished))
+            self._note_finished(host, load.finished)
             counts = load.counts()
             states[pod["metadata"]["name"]] = {
                 "alive": True, "active": counts["active"],
@@ -296,6 +294,28 @@ class Reconciler:
                 "concurrency": self._concurrency.get(pod["metadata"]["uid"]),
             }
         return states
+
+    def _note_finished(self, host, finished):
+        """Log a task a worker lists as active long after the result backend recorded it finished.
+
+        A task that just ended is often seen so for a moment (its result is
+        stored before the worker's main process hears of it); one listed for
+        STALE_FINISHED_SECONDS is the Celery bug: warn once per task.
+        """
+        now = self.monotonic()
+        seen = self._finished_since.setdefault(host, {})
+        for task_id in list(seen):
+            if task_id not in finished:
+                del seen[task_id]
+        for task_id in finished:
+            since = seen.setdefault(task_id, now)
+            if since is not None and now - since >= STALE_FINISHED_SECONDS:
+                seen[task_id] = None  # warned
+                LOG.warning("%s lists task %s as active %.0f s after the result backend recorded it finished "
+                            "(Celery lost it at a broker reconnect, celery/celery#8541): not counted",
+                            host, task_id, now - since)
+        if not seen:
+            del self._finished_since[host]
 
     def _fill_concurrency(self, control, pods, states):
         missing = [p for p in pods if p["metadata"]["name"] in (states or {})
