@@ -145,9 +145,8 @@ FAULTS = [
     ("controller cut off from the broker", "busy", cut_controller_from_broker),
     ("kubelet restarted", "busy", restart_kubelet),
     ("containerd restarted", "busy", restart_containerd),
-    # Last: under running tasks it leaves workers that Celery reports busy for good (celery/celery#8541:
-    # tasks that end while the worker reconnects stay in `inspect active`), so they are never drained,
-    # the fleet does not converge, and a case after it would not start from one idle worker.
+    # Under running tasks, Celery 5.5 workers then list the tasks that end while they reconnect as active
+    # for good (celery/celery#8541): it converges because the controller asks the result backend too.
     ("broker restarted", "drain", restart_broker),
 ]
 
