@@ -1,4 +1,5 @@
 """Unit tests of the Celery control client (plugins/module_utils/elastic/celery_control.py), no broker."""
+import datetime
 import os
 import sys
 
@@ -77,10 +78,10 @@ class FakeControl:
 
 
 class FakeBackend:
-    """A result backend: {task id: state}; a task it does not know is PENDING, as in Celery."""
+    """A result backend: {task id: (state, date_done epoch)}; a task it does not know is PENDING, as in Celery."""
 
-    def __init__(self, states=None, fail=None):
-        self.states = dict(states or {})
+    def __init__(self, records=None, fail=None):
+        self.records = dict(records or {})
         self.fail = fail
         self.asked = []
 
@@ -88,7 +89,10 @@ class FakeBackend:
         self.asked.append(task_id)
         if self.fail:
             raise self.fail
-        return {"task_id": task_id, "status": self.states.get(task_id, "PENDING")}
+        state, done = self.records.get(task_id, ("PENDING", None))
+        return {"task_id": task_id, "status": state,
+                "date_done": None if done is None else datetime.datetime.fromtimestamp(done, datetime.timezone.utc)
+                .isoformat()}
 
 
 class FakeApp:
@@ -102,9 +106,14 @@ class FakeApp:
         return self.conn
 
 
+NOW = 1_800_000_000.0
+
+
 def client(result_backend=None, **kw):
     app = FakeApp(**kw)
-    return cc.CeleryControl(None, timeout=0.5, app=app, result_backend=result_backend), app
+    c = cc.CeleryControl(None, timeout=0.5, app=app, result_backend=result_backend)
+    c.clock = lambda: NOW
+    return c, app
 
 
 H = "celery@w-0"
@@ -156,52 +165,90 @@ def test_workload_collects_ids_and_skips_silent_workers():
     assert all(kw["limit"] == 2 and kw["connection"] is app.conn for _unused, _unused, kw in inspects)
 
 
-def test_workload_does_not_count_an_active_task_the_result_backend_records_as_finished(caplog):
+def _active(*entries):
+    """inspect active entries: (id, seconds since it started, or None for no time_start)."""
+    return [dict({"id": i}, **({} if age is None else {"time_start": NOW - age})) for i, age in entries]
+
+
+def test_workload_does_not_count_an_active_task_the_result_backend_records_as_finished():
     """celery/celery#8541: after a broker reconnect a 5.5 worker lists ended tasks as active for good."""
-    backend = FakeBackend({"ended": "SUCCESS", "failed": "FAILURE", "revoked": "REVOKED", "running": "STARTED"})
-    c, app = client(result_backend="db+postgresql://airflow:pw@db/airflow", backend=backend)
-    assert app.conf["result_backend"] == "db+postgresql://airflow:pw@db/airflow"
+    backend = FakeBackend({"ended": ("SUCCESS", NOW - 50), "failed": ("FAILURE", NOW - 10),
+                           "revoked": ("REVOKED", NOW - 1), "running": ("STARTED", None),
+                           "rerun": ("SUCCESS", NOW - 200),  # an earlier run's record: this run started after it
+                           "young": ("SUCCESS", NOW - 1), "nostart": ("SUCCESS", NOW - 1)})
+    c, app = client(result_backend="redis://:pw@results:6379/1", backend=backend)
+    assert app.conf["result_backend"] == "redis://:pw@results:6379/1"
     app.control.inspect_data = {
-        "active": {H: [{"id": "ended"}, {"id": "running"}], "celery@w-1": [{"id": "failed"}, {"id": "revoked"}],
-                   "celery@w-2": [{"id": "new"}]},  # PENDING: track_started off, or not stored yet
-        "reserved": {H: [{"id": "ended"}], "celery@w-1": [], "celery@w-2": []},  # only active ones are checked
-        "scheduled": {H: [], "celery@w-1": [], "celery@w-2": []},
+        "active": {H: _active(("ended", 100), ("running", 100)),
+                   "celery@w-1": _active(("failed", 60), ("revoked", 30)),
+                   "celery@w-2": _active(("new", 100), ("rerun", 100)),  # new: PENDING (track_started off)
+                   "celery@w-3": _active(("young", 5), ("nostart", None))},  # listed too briefly; no start time
+        "reserved": {H: [{"id": "ended"}], "celery@w-1": [], "celery@w-2": [], "celery@w-3": []},
+        "scheduled": {H: [], "celery@w-1": [], "celery@w-2": [], "celery@w-3": []},
     }
-    out = c.workload([H, "celery@w-1", "celery@w-2"])
+    out = c.workload([H, "celery@w-1", "celery@w-2", "celery@w-3"])
     assert out[H].active == ("running",) and out[H].finished == ("ended",) and out[H].reserved == ("ended",)
     assert out["celery@w-1"].idle and out["celery@w-1"].finished == ("failed", "revoked")
-    assert out["celery@w-2"].active == ("new",) and not out["celery@w-2"].idle
+    assert out["celery@w-2"].active == ("new", "rerun") and not out["celery@w-2"].finished
+    assert out["celery@w-3"].active == ("young", "nostart")
     assert out[H].counts() == {"active": 1, "reserved": 1, "scheduled": 0}
-    assert sorted(backend.asked) == ["ended", "failed", "new", "revoked", "running"]  # one read per active task
+    assert sorted(backend.asked) == ["ended", "failed", "new", "rerun", "revoked", "running"]  # not young/nostart
+
+
+def test_a_task_listed_by_two_workers_counts_from_its_later_start():
+    """A redelivered copy still running elsewhere keeps the id busy on both workers until its own run is done."""
+    c, app = client(result_backend="redis://r/1", backend=FakeBackend({"t": ("FAILURE", NOW - 60)}))
+    app.control.inspect_data = {"active": {H: _active(("t", 300)), "celery@w-1": _active(("t", 40))},
+                                "reserved": {H: [], "celery@w-1": []}, "scheduled": {H: [], "celery@w-1": []}}
+    out = c.workload([H, "celery@w-1"])
+    assert out[H].active == ("t",) and out["celery@w-1"].active == ("t",)
 
 
 def test_workload_counts_every_task_when_the_result_backend_cannot_be_read(caplog):
-    backend = FakeBackend({"ended": "SUCCESS"},
-                          fail=OSError("could not connect to db+postgresql://airflow:s3cret@db:5432/airflow"))
-    c, app = client(result_backend="db+postgresql://airflow:s3cret@db/airflow", backend=backend)
-    app.control.inspect_data = {"active": {H: [{"id": "ended"}]}, "reserved": {H: []}, "scheduled": {H: []}}
+    backend = FakeBackend({"ended": ("SUCCESS", NOW - 1)},
+                          fail=OSError("could not connect to redis://:s3cret@results:6379/1"))
+    c, app = client(result_backend="redis://:s3cret@results:6379/1", backend=backend)
+    app.control.inspect_data = {"active": {H: _active(("ended", 100))}, "reserved": {H: []}, "scheduled": {H: []}}
     with caplog.at_level("WARNING"):
         out = c.workload([H])
     assert out[H].active == ("ended",) and not out[H].idle  # never idle on a guess
     assert "cannot read the Celery result backend" in caplog.text and "s3cret" not in caplog.text
-    with pytest.raises(cc.CeleryControlError) as err:
-        c.finished(["ended"])
-    assert "s3cret" not in str(err.value) and "OSError" in str(err.value)
+    with pytest.raises(cc.CeleryControlError) as err:  # backs off: not asked again for RETRY_SECONDS
+        c.check_result_backend()
+    assert "retried later" in str(err.value) and "s3cret" not in str(err.value) and backend.asked == ["ended"]
+    c.results._blocked_until = 0  # the back-off over
+    with pytest.raises(cc.CeleryControlError, match="cannot read the Celery result backend: OSError"):
+        c.check_result_backend()
 
 
 def test_without_a_result_backend_inspect_active_is_trusted():
-    c, app = client(backend=FakeBackend({"ended": "SUCCESS"}))
-    app.control.inspect_data = {"active": {H: [{"id": "ended"}]}, "reserved": {H: []}, "scheduled": {H: []}}
+    c, app = client(backend=FakeBackend({"ended": ("SUCCESS", NOW - 1)}))
+    app.control.inspect_data = {"active": {H: _active(("ended", 100))}, "reserved": {H: []}, "scheduled": {H: []}}
     assert c.workload([H])[H].active == ("ended",)
-    assert app.backend.asked == [] and c.finished(["ended"]) == frozenset()
+    assert app.backend.asked == [] and c.finished({"ended": NOW - 100}) == frozenset()
+    c.check_result_backend()  # nothing to check
 
 
-def test_a_psycopg3_result_backend_prepares_no_statements():
-    """Behind PgBouncer (a transaction pooler) prepared statements break, as Airflow's own settings know."""
-    assert cc.CeleryControl(None, app=FakeApp(), result_backend="db+postgresql+psycopg://u:p@pgbouncer/a").app.conf[
-        "database_engine_options"] == {"connect_args": {"prepare_threshold": None}}
-    for url in ("db+postgresql://u:p@db/a", "redis://r:6379/1", "db+mysql://u:p@db/a"):
-        assert cc.CeleryControl(None, app=FakeApp(), result_backend=url).app.conf["database_engine_options"] == {}
+def test_a_database_result_backend_is_read_with_one_select(tmp_path):
+    """Airflow's default backend (db+...): celery_taskmeta read directly, date_done naive UTC."""
+    sa = pytest.importorskip("sqlalchemy")
+    db = tmp_path / "results.db"
+    engine = sa.create_engine("sqlite:///%s" % db)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE celery_taskmeta (id INTEGER PRIMARY KEY, task_id VARCHAR(155) UNIQUE, "
+                             "status VARCHAR(50), result BLOB, date_done DATETIME, traceback TEXT)"))
+        done = datetime.datetime.fromtimestamp(NOW - 10, datetime.timezone.utc).replace(tzinfo=None)
+        for task_id, state in (("ended", "SUCCESS"), ("running", "STARTED")):
+            conn.execute(sa.text("INSERT INTO celery_taskmeta (task_id, status, date_done) VALUES (:t, :s, :d)"),
+                         {"t": task_id, "s": state, "d": done if state == "SUCCESS" else None})
+    engine.dispose()
+    c = cc.CeleryControl("redis://127.0.0.1:1/0", timeout=0.3, result_backend="db+sqlite:///%s" % db)
+    c.clock = lambda: NOW
+    assert c.results.records(["ended", "running", "unknown"]) == {"ended": ("SUCCESS", NOW - 10),
+                                                                  "running": ("STARTED", None)}
+    assert c.finished({"ended": NOW - 60, "running": NOW - 60, "unknown": NOW - 60}) == {"ended"}
+    assert c.finished({"ended": NOW - 5}) == frozenset()  # listed less than FINISHED_MIN_AGE: not looked up
+    c.close()
 
 
 def test_workload_none_reply_is_empty():
@@ -475,4 +522,7 @@ def test_finished_reads_a_real_celery_result_backend(tmp_path):
     c.app.backend.store_result("done", 42, "SUCCESS")
     c.app.backend.store_result("failed", ValueError("x"), "FAILURE")
     c.app.backend.store_result("running", {"pid": 1}, "STARTED")
-    assert c.finished(["done", "failed", "running", "unknown"]) == {"done", "failed"}
+    stored = c.clock()
+    c.clock = lambda: stored + 100
+    assert c.finished(dict.fromkeys(["done", "failed", "running", "unknown"], stored - 1)) == {"done", "failed"}
+    assert c.finished({"done": stored + 50}) == frozenset()  # a run that started after the record (a re-run) counts

@@ -26,22 +26,26 @@ A worker that does not answer is *absent from* the result of ``ping``-like
 queries (``ping`` maps it to False); it is never reported as idle.
 
 With ``result_backend`` (the workers' Celery result backend), a task a
-worker lists as active but the backend records as finished (SUCCESS,
-FAILURE, REVOKED) is not counted (``WorkerLoad.finished``): Celery 5.5's
-prefork pool forgets the tasks that run while the broker connection is
-re-established, and ``inspect active`` lists them for good after they end
-(celery/celery#8541; Celery 5.6 no longer clears that cache). Anything the
-backend does not record as finished (PENDING, STARTED, or a backend that
-cannot be read) stays active: the witness can only clear a task, never
+worker lists as active is not counted (``WorkerLoad.finished``) when the
+backend records it finished (SUCCESS, FAILURE, REVOKED) at or after the time
+that listing says it started: Celery 5.5's prefork pool forgets the tasks
+that run while the broker connection is re-established, and ``inspect
+active`` lists them for good after they end (celery/celery#8541; Celery 5.6
+no longer clears that cache). Anything else counts: a record that is not
+final (PENDING, STARTED), one older than the listed run (a re-run after a
+redelivery), a task listed for less than ``FINISHED_MIN_AGE`` seconds, a
+backend that cannot be read. The witness can only clear a task, never
 invent one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import re
 import socket
+import time
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 __all__ = [
@@ -59,6 +63,8 @@ LOG = logging.getLogger(__name__)
 # Celery's ready states (celery.states.READY_STATES), spelled out so this
 # module imports Celery only when it talks to a broker.
 FINISHED_STATES = frozenset(("SUCCESS", "FAILURE", "REVOKED"))
+# Only a task listed as active this long is looked up: a task that just ended is listed for a moment.
+FINISHED_MIN_AGE = 30.0
 
 
 class CeleryControlError(Exception):
@@ -143,21 +149,110 @@ class QueueRef:
 QueueLike = Union[QueueRef, str, dict]
 
 
-def _database_engine_options(result_backend: str) -> dict:
-    """Celery ``database_engine_options`` for a result backend URL.
-
-    psycopg 3 prepares statements, which a transaction pooler (PgBouncer)
-    cannot keep: turn that off, as Airflow's Celery configuration does.
-    """
-    scheme = result_backend.split("://", 1)[0].lower()
-    if scheme.startswith("db+") and scheme.endswith("+psycopg"):
-        return {"connect_args": {"prepare_threshold": None}}
-    return {}
-
-
 def _without_url(exc: BaseException) -> str:
     """An exception's type and message, with anything that looks like a URL (it may hold a password) masked."""
     return "%s: %s" % (type(exc).__name__, re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", "<url>", str(exc)))
+
+
+class ResultBackend:
+    """Reads tasks' final states from the workers' Celery result backend; every read is bounded.
+
+    A database backend (``db+<SQLAlchemy URL>``, Airflow's default) is read
+    with one SELECT per call on a cached engine of one connection, with
+    connect and statement timeouts: Celery's own database backend builds an
+    engine per read in a process that does not fork, creates its tables, and
+    retries for seconds. Any other backend (``redis://`` ...) goes through
+    Celery's backend API with short socket timeouts. After a failure nothing
+    is read for ``RETRY_SECONDS`` (``records`` raises at once meanwhile).
+    """
+
+    TIMEOUT = 5
+    RETRY_SECONDS = 30.0
+    TABLE = "celery_taskmeta"  # Celery's default (database_table_names), which Airflow keeps
+
+    def __init__(self, url: str, app=None, monotonic=time.monotonic):
+        self.url = url
+        self.app = app
+        self.monotonic = monotonic
+        self._engine = None
+        self._blocked_until = 0.0
+        self._last_error = ""
+
+    def records(self, task_ids: Sequence[str]) -> Dict[str, Tuple[Optional[str], Optional[float]]]:
+        """{task id: (state, date_done as epoch seconds or None)}; a task it does not know is absent."""
+        if not task_ids:
+            return {}
+        if self.monotonic() < self._blocked_until:
+            raise CeleryControlError("the Celery result backend failed %.0f s ago (%s); retried later"
+                                     % (self.RETRY_SECONDS - (self._blocked_until - self.monotonic()),
+                                        self._last_error))
+        try:
+            if self.url.startswith("db+"):
+                return self._select(list(task_ids))
+            return self._get(list(task_ids))
+        except Exception as exc:
+            self._blocked_until = self.monotonic() + self.RETRY_SECONDS
+            self._last_error = _without_url(exc)
+            raise CeleryControlError("cannot read the Celery result backend: %s" % self._last_error) from None
+
+    def _select(self, task_ids):
+        import sqlalchemy as sa
+
+        if self._engine is None:
+            url = sa.engine.make_url(self.url[len("db+"):])
+            connect_args = {}
+            if url.get_backend_name() == "postgresql":
+                connect_args = {"connect_timeout": self.TIMEOUT}
+                if url.get_driver_name() == "psycopg":  # psycopg 3 prepares statements, which PgBouncer cannot keep
+                    connect_args["prepare_threshold"] = None
+            elif url.get_backend_name() == "mysql":
+                connect_args = {"connect_timeout": self.TIMEOUT, "read_timeout": self.TIMEOUT}
+            pool = {} if url.get_backend_name() == "sqlite" else {"pool_size": 1, "max_overflow": 0}
+            self._engine = sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True, pool_recycle=300,
+                                            **pool)
+        query = sa.text("SELECT task_id, status, date_done FROM %s WHERE task_id IN :ids" % self.TABLE)
+        query = query.bindparams(sa.bindparam("ids", expanding=True))
+        with self._engine.begin() as conn:
+            if self._engine.dialect.name == "postgresql":
+                # SET LOCAL, not a startup option: PgBouncer refuses `options`, and a plain SET would outlive
+                # the transaction on a pooled server connection
+                conn.execute(sa.text("SET LOCAL statement_timeout = %d" % (self.TIMEOUT * 1000)))
+            rows = conn.execute(query, {"ids": task_ids}).fetchall()
+        return dict((row[0], (row[1], _epoch(row[2]))) for row in rows)
+
+    def _get(self, task_ids):
+        backend = self.app.backend
+        out = {}
+        for task_id in task_ids:
+            meta = backend.get_task_meta(task_id) or {}
+            if meta.get("status") and meta["status"] != "PENDING":
+                out[task_id] = (meta["status"], _epoch(meta.get("date_done")))
+        return out
+
+    def close(self):
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+
+def _epoch(value) -> Optional[float]:
+    """Epoch seconds of a result's date_done: a datetime (naive: UTC, Celery's default zone) or an ISO string."""
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime.datetime):
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return value.timestamp()
+
+
+def _time_start(entry) -> Optional[float]:
+    """When the worker started the task of an ``inspect active`` entry (epoch seconds), or None."""
+    value = entry.get("time_start") if isinstance(entry, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _task_id(entry) -> Optional[str]:
@@ -210,11 +305,14 @@ class CeleryControl:
                 # nothing of ours is a task; keep the client side minimal
                 worker_hijack_root_logger=False,
             )
-        if result_backend:
-            app.conf.update(result_backend=result_backend,
-                            database_engine_options=_database_engine_options(result_backend))
         self.app = app
-        self.result_backend = bool(result_backend)
+        self.results = None
+        if result_backend:
+            # short socket timeouts and no retries for the backends read through Celery (redis://, ...)
+            app.conf.update(result_backend=result_backend, redis_socket_timeout=ResultBackend.TIMEOUT,
+                            redis_socket_connect_timeout=ResultBackend.TIMEOUT, result_backend_always_retry=False)
+            self.results = ResultBackend(result_backend, app)
+        self.clock = time.time
         self._conn = None
 
     # -- connection -----------------------------------------------------------
@@ -246,6 +344,8 @@ class CeleryControl:
             return "<broker>"
 
     def close(self) -> None:
+        if self.results is not None:
+            self.results.close()
         if self._conn is not None:
             try:
                 self._conn.release()
@@ -274,21 +374,27 @@ class CeleryControl:
                 raise BrokerUnreachable("lost the Celery broker %s: %s" % (self.safe_broker_url, exc)) from exc
             raise
 
-    def finished(self, task_ids: Iterable[str]) -> frozenset:
-        """The ids among ``task_ids`` that the result backend records as finished.
+    def finished(self, listed: Dict[str, Optional[float]]) -> frozenset:
+        """The ids of ``listed`` ({task id: when the worker started it, epoch}) that have finished.
 
-        Empty without a result backend. Raises CeleryControlError when the
-        backend cannot be read (its message names no credentials).
+        A task has finished when the result backend records it SUCCESS,
+        FAILURE or REVOKED at or after the time it started; only tasks started
+        ``FINISHED_MIN_AGE`` seconds ago or more are looked up. Empty without a
+        result backend. Raises CeleryControlError when the backend cannot be
+        read (its message names no credentials).
         """
-        ids = [i for i in dict.fromkeys(task_ids) if i]
-        if not self.result_backend or not ids:
+        if self.results is None:
             return frozenset()
-        try:
-            backend = self.app.backend
-            states = dict((i, (backend.get_task_meta(i) or {}).get("status")) for i in ids)
-        except Exception as exc:
-            raise CeleryControlError("cannot read the Celery result backend: %s" % _without_url(exc)) from None
-        return frozenset(i for i, state in states.items() if state in FINISHED_STATES)
+        now = self.clock()
+        started = dict((i, t) for i, t in listed.items() if i and t is not None and now - t >= FINISHED_MIN_AGE)
+        records = self.results.records(sorted(started))
+        return frozenset(i for i, (state, done) in records.items()
+                         if i in started and state in FINISHED_STATES and done is not None and done >= started[i])
+
+    def check_result_backend(self) -> None:
+        """Read the result backend once (raises CeleryControlError); nothing to do without one."""
+        if self.results is not None:
+            self.results.records(["elastic-airflow-result-backend-check"])
 
     @staticmethod
     def _hosts(hostnames: Union[str, Iterable[str]]) -> List[str]:
@@ -325,13 +431,18 @@ class CeleryControl:
         parts = {}
         for method in ("active", "reserved", "scheduled"):
             parts[method] = self._inspect(hosts, method)
-        ids = {}
+        ids, starts = {}, {}
         for h in hosts:
             if all(h in parts[m] for m in parts):
                 ids[h] = {m: tuple(i for i in (_task_id(e) for e in (parts[m][h] or [])) if i) for m in parts}
+                for entry in parts["active"][h] or []:
+                    if _task_id(entry):
+                        starts.setdefault(_task_id(entry), []).append(_time_start(entry))
+        # a task listed twice (a redelivered copy) counts from its later start; an unknown start is never cleared
+        listed = dict((i, None if None in ts else max(ts)) for i, ts in starts.items())
         finished = frozenset()
         try:
-            finished = self.finished(i for h in ids for i in ids[h]["active"])
+            finished = self.finished(listed)
         except CeleryControlError as exc:  # then every listed task counts: never idle on a guess
             LOG.warning("%s; counting every task the workers list as active", exc)
         out = {}
