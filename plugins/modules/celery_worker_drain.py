@@ -49,6 +49,11 @@ options:
         C(REVOKED)) does not keep the drain waiting. Celery 5.5 lists the tasks that ended while the worker
         reconnected to its broker as active for good (celery/celery#8541), so without it such a worker never
         drains and the drain times out.
+      - Only a task listed as active for 30 s or more is looked up, and only a record written at or after the
+        time the worker started it counts (an earlier run's record does not clear a re-run).
+      - The module reads the backend once before it changes anything and fails if it cannot. A C(db+) URL needs
+        SQLAlchemy and the database driver on the host that runs the module; the table is Celery's default,
+        C(celery_taskmeta).
       - Can also be given as the environment variable E(ELASTIC_AIRFLOW_RESULT_BACKEND).
     type: str
   workers:

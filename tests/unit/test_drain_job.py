@@ -30,6 +30,11 @@ class FakeControl(ScriptedControl):
     def close(self):
         self.calls.append("close")
 
+    def check_result_backend(self):
+        self.calls.append("check_result_backend")
+        if getattr(self, "backend_error", None):
+            raise self.backend_error
+
 
 class ApiError(Exception):
     def __init__(self, status):
@@ -128,6 +133,18 @@ def test_a_pod_api_error_other_than_404_fails_the_run():
     api.read_namespaced_pod = lambda name, ns: (_unused for _unused in ()).throw(ApiError(403))
     with pytest.raises(job.DrainJobFailed, match="cannot read pod airflow/w-0: HTTP 403"):
         job.run(params(workers=["w-0"]), False, api, FakeControl())
+
+
+def test_a_result_backend_that_cannot_be_read_fails_the_run_before_anything_changes():
+    from elastic.celery_control import CeleryControlError
+
+    api = FakeCoreV1("w-0")
+    control = FakeControl()
+    control.backend_error = CeleryControlError("cannot read the Celery result backend: OperationalError: refused")
+    with pytest.raises(job.DrainJobFailed, match="^result_backend: cannot read the Celery result backend") as err:
+        job.run(params(workers=["w-0"]), False, api, control)
+    assert err.value.result["changed"] is False and "cancel" not in control.calls
+    assert api.pods["w-0"].metadata.annotations == {}
 
 
 def test_check_mode_reports_and_changes_nothing():

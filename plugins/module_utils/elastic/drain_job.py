@@ -262,6 +262,11 @@ def run(params, check_mode, core_v1=None, control=None):
             control.connect()  # fail early, before anything changes
     except (CeleryControlError, ValueError) as exc:
         raise DrainJobFailed("broker_url: %s" % exc, changed=False, workers=[], drained=[]) from exc
+    if any(t.exists for t in targets):
+        try:
+            control.check_result_backend()  # a backend that cannot be read would only make drains time out
+        except CeleryControlError as exc:
+            raise DrainJobFailed("result_backend: %s" % exc, changed=False, workers=[], drained=[]) from exc
     try:
         if check_mode:
             changed, entries = check(params, control, store, targets)
