@@ -294,29 +294,50 @@ def test_the_load_counts_the_wanted_workers_that_do_not_answer_yet():
     assert rec.measure(ewa, ew(1), pods) == pytest.approx(200.0)  # w-b is more than wanted: not counted
 
 
-def test_control_for_reads_the_result_backend_secret_of_the_elastic_worker():
-    """spec.drain.resultBackendSecretRef gives the CeleryControl its witness (key result-backend-url by default)."""
+def test_control_for_reads_the_result_backend_secret_of_the_elastic_worker(caplog):
+    """spec.drain.resultBackendSecretRef gives the CeleryControl its witness (key result-backend-url by default);
+    a Secret that cannot be read leaves the broker working alone, and is read again a minute later."""
     secrets = {("ns", "broker", "url"): "redis://:pw@broker:6379/0",
                ("ns", "db", "result-backend-url"): "db+postgresql://airflow:pw@db/airflow",
                ("ns", "db", "other"): "redis://:pw@results:6379/1"}
-    read = []
 
     class Kube:
         def read_secret_key(self, ns, name, key):
-            read.append((ns, name, key))
             return secrets[(ns, name, key)]
 
+    now = [0.0]
     rec = C.Reconciler(Kube(), {"pods": C.MemoryCache([]), "elasticworkers": C.MemoryCache([]),
-                                "elasticworkerautoscalers": C.MemoryCache([])})
-    plain = rec.control_for("ns", {"name": "broker"})
+                                "elasticworkerautoscalers": C.MemoryCache([])}, monotonic=lambda: now[0])
+    assert rec.control_for("ns", {"name": "broker"}).results is None
     witnessed = rec.control_for("ns", {"name": "broker"}, {"name": "db"})
-    other_key = rec.control_for("ns", {"name": "broker"}, {"name": "db", "key": "other"})
-    assert not plain.result_backend and witnessed.result_backend and other_key.result_backend
-    assert witnessed.app.conf.result_backend == "db+postgresql://airflow:pw@db/airflow"
-    assert other_key.app.conf.result_backend == "redis://:pw@results:6379/1"
-    assert rec.control_for("ns", {"name": "broker"}, {"name": "db"}) is witnessed  # cached per pair of refs
-    assert len(read) == 5  # broker thrice (one per distinct pair), the two backends once
+    assert witnessed.results.url == "db+postgresql://airflow:pw@db/airflow"
+    assert rec.control_for("ns", {"name": "broker"}, {"name": "db", "key": "other"}).results.url == \
+        "redis://:pw@results:6379/1"
+    assert rec.control_for("ns", {"name": "broker"}, {"name": "db"}) is witnessed
+    with caplog.at_level("WARNING", logger="elastic_worker"):
+        alone = rec.control_for("ns", {"name": "broker"}, {"name": "missing"})
+    assert alone.results is None and "cannot read the result backend Secret missing" in caplog.text
+    secrets[("ns", "missing", "result-backend-url")] = "redis://:pw@results:6379/2"
+    now[0] = 59.0
+    assert rec.control_for("ns", {"name": "broker"}, {"name": "missing"}) is alone
+    now[0] = 60.0
+    assert rec.control_for("ns", {"name": "broker"}, {"name": "missing"}).results.url == "redis://:pw@results:6379/2"
     rec.close()
+
+
+def test_a_pass_and_the_autoscaler_ask_celery_with_the_result_backend_of_the_elastic_worker():
+    """observe() and measure() pass spec.drain.resultBackendSecretRef along with the broker's."""
+    worker = ew(1)
+    worker["spec"]["drain"] = {"brokerSecretRef": {"name": "b"}, "resultBackendSecretRef": {"name": "db"}}
+    pods = [owned("w-a")]
+    rec = reconciler(FakeKube(pods), pods, FakeCelery())
+    asked = []
+    rec.control_for = lambda ns, ref, result_backend_ref=None: asked.append((ref, result_backend_ref)) or FakeCelery()
+    rec.observe(worker)
+    autoscaler = {"metadata": {"namespace": "ns", "name": "w"},
+                  "spec": {"metric": {"type": "celery", "celery": {"brokerSecretRef": {"name": "other"}}}}}
+    assert rec.measure(autoscaler, worker, rec.pods_of(worker)) is not None
+    assert asked == [({"name": "b"}, {"name": "db"}), ({"name": "other"}, {"name": "db"})]
 
 
 def test_a_finished_task_still_listed_is_warned_about_once_after_a_minute(caplog):

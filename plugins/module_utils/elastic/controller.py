@@ -219,7 +219,8 @@ class Reconciler:
         self.monotonic = monotonic
         self.rng = rng
         self.fence = fence  # None, or a callable: may this process still write (leader deadline)?
-        self._controls = {}  # broker secret -> CeleryControl
+        self._controls = {}  # (namespace, broker secret, result backend secret) -> CeleryControl
+        self._backend_retry = {}  # the same key -> when to read a result backend Secret that failed again
         self._drains = {}  # pod uid -> Drain (keeps its in-memory settle count)
         self._concurrency = {}  # pod uid -> worker pool size
         self._finished_since = {}  # worker -> {task id listed active but finished: first seen, None once warned}
@@ -254,9 +255,20 @@ class Reconciler:
         if result_backend_ref and result_backend_ref.get("name"):
             backend = (result_backend_ref["name"], result_backend_ref.get("key", R.RESULT_BACKEND_SECRET_KEY))
         key = (namespace, secret_ref["name"], secret_ref.get("key", "url"), backend)
-        if key not in self._controls:
+        retry_backend = backend and key in self._controls and self._controls[key].results is None \
+            and self.monotonic() >= self._backend_retry.get(key, 0)
+        if key not in self._controls or retry_backend:
             url = self.kube.read_secret_key(namespace, secret_ref["name"], secret_ref.get("key", "url"))
-            backend_url = self.kube.read_secret_key(namespace, *backend) if backend else None
+            backend_url = None
+            if backend:
+                try:
+                    backend_url = self.kube.read_secret_key(namespace, *backend)
+                except Exception as exc:  # the broker alone still works: inspect active, without the witness
+                    self._backend_retry[key] = self.monotonic() + 60
+                    LOG.warning("%s: cannot read the result backend Secret %s (retried in 60 s); trusting "
+                                "celery inspect active alone: %s", namespace, backend[0], exc)
+            if key in self._controls:
+                self._controls[key].close()
             self._controls[key] = CeleryControl(url, timeout=self.celery_timeout, result_backend=backend_url)
         if self.fence is not None:
             return FencedControl(self._controls[key], self.fence)
