@@ -192,6 +192,7 @@ VARIANTS = {
         "git_sync_https_username": "bot", "git_sync_https_token": "t0ken",
         "elastic_worker_metric": "prometheus", "elastic_worker_prometheus_url": "http://prometheus.example.com:9091",
         "elastic_worker_prometheus_query": "sum(airflow_executor_running_tasks)",
+        "elastic_worker_result_backend_check": False,  # the controller keeps away from the database
         "namespace_pod_launcher_rbac": False,
         "elastic_airflow_network_ui_peers": [
             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}],

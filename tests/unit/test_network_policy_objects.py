@@ -262,6 +262,7 @@ CHANGES = {
            ("elastic-worker-controller", "internet", 9091),  # elastic_worker_prometheus_url
            ("prometheus", "kube-apiserver", 6443), ("kube-apiserver", "metrics-adapter", 6443)],
         [("worker", "elsewhere-address", 443), ("internet", "api-server", 8080), ("internet", "grafana", 3000),
+         ("elastic-worker-controller", "database", 5432),  # elastic_worker_result_backend_check: false
          ("internet", "metrics-adapter", 6443), ("prometheus", "internet", 6443),
          ("worker", "kube-apiserver", 6443), ("triggerer", "kube-apiserver", 6443),  # no pod launcher RBAC
          ("scheduler", "internet", 8443), ("monitoring-pod", "api-server", 8080)]),
@@ -296,7 +297,8 @@ CHANGES = {
 REMOVED = {  # default needs that the variant's settings take away
     "mysql-rabbitmq-git-ssh-hpa-s3": {"database", "broker", "flower"},
     "external-pvc-none-elasticsearch": {"database", "broker"},
-    "git-https-prometheus-allow-lists": {("internet", "api-server"), ("internet", "flower"), ("internet", "grafana"),
+    "git-https-prometheus-allow-lists": {("elastic-worker-controller", "database"),
+                                         ("internet", "api-server"), ("internet", "flower"), ("internet", "grafana"),
                                          ("worker", "kube-apiserver"), ("triggerer", "kube-apiserver")},
     "ingresses-worker-logs-db-clean": {("internet", "api-server"), ("internet", "flower"), ("internet", "grafana")},
     "pgbouncer": {(c, "database") for c in AIRFLOW + ["elastic-worker-controller"] if c != "migrate"},
