@@ -55,10 +55,20 @@ def test_controller_pod_is_restricted(converged):
 def test_controller_rbac_and_broker_secret_ref_follow_the_broker_in_use(converged):
     role = _get("role", f"{CLUSTER_NAME}-elastic-worker-controller")
     secrets = [r for r in role["rules"] if r["resources"] == ["secrets"]]
-    assert secrets == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [f"{CLUSTER_NAME}-broker"],
-                        "verbs": ["get"]}]
+    # the broker's Secret, and the database's for the result backend (elastic_worker_result_backend_check)
+    assert secrets == [{"apiGroups": [""], "resources": ["secrets"],
+                        "resourceNames": [f"{CLUSTER_NAME}-broker", f"{CLUSTER_NAME}-database"], "verbs": ["get"]}]
     ew = _get("elasticworker", f"{CLUSTER_NAME}-worker")
     assert ew["spec"]["drain"]["brokerSecretRef"] == {"name": f"{CLUSTER_NAME}-broker", "key": "url"}
+    assert ew["spec"]["drain"]["resultBackendSecretRef"] == {"name": f"{CLUSTER_NAME}-database",
+                                                             "key": "result-backend-url"}
+    # Without the result backend check: neither the Secret in the Role nor the reference.
+    run = run_playbook("elastic_worker.yml", "--check", "--diff",
+                       extra_vars={"elastic_worker_result_backend_check": False})
+    assert run.rc == 0, run.output[-4000:]
+    removed = [line for line in run.output.splitlines() if line.startswith("-")]
+    assert any("resultBackendSecretRef" in line for line in removed), run.output[-4000:]
+    assert any(f"{CLUSTER_NAME}-database" in line for line in removed), run.output[-4000:]
     # An external broker: its Secret, in the Role and the ElasticWorker.
     kubectl("create", "secret", "generic", "ext-broker-14", "-n", NAMESPACE, "--from-literal=url=redis://ext:6379/0")
     try:
