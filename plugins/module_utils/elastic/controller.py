@@ -308,11 +308,12 @@ class Reconciler:
         return states
 
     def _note_finished(self, host, finished):
-        """Log a task a worker lists as active long after the result backend recorded it finished.
+        """Log the tasks a worker lists as active that the result backend records as finished.
 
-        A task that just ended is often seen so for a moment (its result is
-        stored before the worker's main process hears of it); one listed for
-        STALE_FINISHED_SECONDS is the Celery bug: warn once per task.
+        Once per task at INFO when first found (a task that just ended can be
+        seen so for a moment: its result is stored before the worker's main
+        process hears of it); once more at WARNING when it is still listed
+        STALE_FINISHED_SECONDS later: the Celery bug.
         """
         now = self.monotonic()
         seen = self._finished_since.setdefault(host, {})
@@ -320,11 +321,15 @@ class Reconciler:
             if task_id not in finished:
                 del seen[task_id]
         for task_id in finished:
-            since = seen.setdefault(task_id, now)
+            if task_id not in seen:
+                seen[task_id] = now
+                LOG.info("%s lists task %s as active; the result backend records it finished: not counted",
+                         host, task_id)
+            since = seen[task_id]
             if since is not None and now - since >= STALE_FINISHED_SECONDS:
                 seen[task_id] = None  # warned
-                LOG.warning("%s lists task %s as active %.0f s after the result backend recorded it finished "
-                            "(Celery lost it at a broker reconnect, celery/celery#8541): not counted",
+                LOG.warning("%s still lists task %s as active %.0f s after it was found finished in the result "
+                            "backend (Celery lost it at a broker reconnect, celery/celery#8541): not counted",
                             host, task_id, now - since)
         if not seen:
             del self._finished_since[host]
