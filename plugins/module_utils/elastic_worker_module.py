@@ -101,9 +101,7 @@ def describe(params):
     rec = C.Reconciler(kube, caches, dry_run=True, celery_timeout=params["celery_timeout"])
     try:
         pods = rec.pods_of(ew)
-        drain = ew["spec"].get("drain") or {}
-        control = rec.control_for(params["namespace"], drain.get("brokerSecretRef"),
-                                  drain.get("resultBackendSecretRef"))
+        control = rec.control_of(ew)
         states = rec.worker_states(control, pods)
     finally:
         rec.close()

@@ -436,8 +436,9 @@ class CeleryControl:
             if all(h in parts[m] for m in parts):
                 ids[h] = {m: tuple(i for i in (_task_id(e) for e in (parts[m][h] or [])) if i) for m in parts}
                 for entry in parts["active"][h] or []:
-                    if _task_id(entry):
-                        starts.setdefault(_task_id(entry), []).append(_time_start(entry))
+                    task_id = _task_id(entry)
+                    if task_id:
+                        starts.setdefault(task_id, []).append(_time_start(entry))
         # a task listed twice (a redelivered copy) counts from its later start; an unknown start is never cleared
         listed = dict((i, None if None in ts else max(ts)) for i, ts in starts.items())
         finished = frozenset()

@@ -274,6 +274,12 @@ class Reconciler:
             return FencedControl(self._controls[key], self.fence)
         return self._controls[key]
 
+    def control_of(self, ew, broker_ref=None):
+        """control_for() with the ElasticWorker's broker (or ``broker_ref``) and its result backend."""
+        drain = (ew.get("spec") or {}).get("drain") or {}
+        return self.control_for(ew["metadata"]["namespace"], broker_ref or drain.get("brokerSecretRef"),
+                                drain.get("resultBackendSecretRef"))
+
     def close(self):
         for ctl in self._controls.values():
             try:
@@ -436,9 +442,7 @@ class Reconciler:
         pods = self.pods_of(ew)
         control, broker_error = None, None
         try:
-            drain = (ew.get("spec") or {}).get("drain") or {}
-            control = self.control_for(ew["metadata"]["namespace"], drain.get("brokerSecretRef"),
-                                       drain.get("resultBackendSecretRef"))
+            control = self.control_of(ew)
         except Exception as exc:  # secret missing, bad URL
             broker_error = str(exc)
         states = self.worker_states(control, pods)
@@ -575,9 +579,7 @@ class Reconciler:
             items = json.loads(response[0].data).get("items") or []
             return float(parse_quantity(items[0]["value"])) if items else None
         celery = metric.get("celery") or {}
-        drain = ew["spec"].get("drain") or {}
-        control = self.control_for(ns, celery.get("brokerSecretRef") or drain.get("brokerSecretRef"),
-                                   drain.get("resultBackendSecretRef"))
+        control = self.control_of(ew, celery.get("brokerSecretRef"))
         if control is None:
             return None
         live = [p for p in pods if not R.pod_terminating(p)]

@@ -254,15 +254,16 @@ def run(params, check_mode, core_v1=None, control=None):
     validate(params)
     targets = find_targets(params, core_v1)
     store = open_store(params, core_v1 if uses_pods(params) else None, targets)
+    any_exists = any(t.exists for t in targets)
     try:
         if control is None:
             control = CeleryControl(params["broker_url"], timeout=params["control_timeout"],
                                     result_backend=params.get("result_backend"))
-        if any(t.exists for t in targets):
+        if any_exists:
             control.connect()  # fail early, before anything changes
     except (CeleryControlError, ValueError) as exc:
         raise DrainJobFailed("broker_url: %s" % exc, changed=False, workers=[], drained=[]) from exc
-    if any(t.exists for t in targets):
+    if any_exists:
         try:
             control.check_result_backend()  # a backend that cannot be read would only make drains time out
         except CeleryControlError as exc:
