@@ -360,3 +360,34 @@ def test_a_finished_task_still_listed_is_warned_about_once_after_a_minute(caplog
     assert len(warnings) == 1 and "still lists task stale as active 60 s after" in warnings[0]
     rec._note_finished("celery@w-0", ())
     assert rec._finished_since == {}
+
+
+def test_a_pass_asks_the_workers_once_for_an_autoscaler_and_its_elastic_worker():
+    """The autoscaler's measurement and the ElasticWorker's observation share one answer per pass;
+    the next pass asks again (a drain always asks afresh: drain.py)."""
+    pods = [owned("w-a")]
+    kube = ApiKube(pods)
+    rec = reconciler(kube, pods, None)
+    asked = []
+
+    class CountingCelery(FakeCelery):
+        def workload(self, hosts):
+            asked.append(sorted(hosts))
+            return super().workload(hosts)
+
+        def queue_length(self, queues):
+            return 0
+
+    celery = CountingCelery()
+    rec.control_for = lambda ns, ref, result_backend_ref=None: C.FencedControl(celery, lambda: True)
+    autoscaler = {"metadata": {"name": "w", "namespace": "ns", "uid": "ewa-1", "generation": 1},
+                  "spec": {"scaleTargetRef": {"name": "w"}, "minReplicas": 1, "maxReplicas": 3,
+                           "metric": {"type": "celery"}}}
+    for n in (1, 2):
+        # ApiKube answers a status patch without the spec: the cache gets the objects again
+        rec.caches.update(elasticworkers=C.MemoryCache([ew(1)]), elasticworkerautoscalers=C.MemoryCache([autoscaler]))
+        reports = rec.reconcile_all(force_autoscalers=True)
+        assert [r.get("error") for r in reports] == [None, None]
+        assert asked == [["celery@w-a"]] * n
+    rec.observe(ew(1))  # outside a pass (elastic_worker_info): asked every time
+    assert len(asked) == 3 and rec._pass_loads is None

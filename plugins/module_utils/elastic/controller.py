@@ -226,6 +226,9 @@ class Reconciler:
         self._finished_since = {}  # worker -> {task id listed active but finished: first seen, None once warned}
         self._expect_create = {}  # ew uid -> {pod name: deadline}
         self._next_poll = {}  # ewa uid -> monotonic time of the next measurement
+        # During reconcile_all: what the workers answered this pass, so that an
+        # autoscaler and its ElasticWorker ask Celery (and the result backend) once.
+        self._pass_loads = None  # {(id(control), hosts): (control, loads)}
         self.throttle = throttle or Throttle()  # per object (pod or ElasticWorker uid) retry delays
 
     def forget_in_flight(self):
@@ -297,7 +300,7 @@ class Reconciler:
             return {}
         hosts = dict((R.worker_name(p["metadata"]["name"]), p) for p in running)
         try:
-            loads = control.workload(list(hosts))
+            loads = self._workload(control, hosts)
         except CeleryControlError as exc:
             LOG.warning("cannot ask the Celery workers: %s", exc)
             return None
@@ -312,6 +315,17 @@ class Reconciler:
                 "concurrency": self._concurrency.get(pod["metadata"]["uid"]),
             }
         return states
+
+    def _workload(self, control, hosts):
+        """control.workload(hosts), asked once per reconcile_all pass for the same control and hosts."""
+        control = getattr(control, "_control", control)  # the CeleryControl under a FencedControl
+        if self._pass_loads is None:
+            return control.workload(list(hosts))
+        # the control is kept in the value: its id cannot be reused while the pass lasts
+        key = (id(control), frozenset(hosts))
+        if key not in self._pass_loads:
+            self._pass_loads[key] = (control, control.workload(list(hosts)))
+        return self._pass_loads[key][1]
 
     def _note_finished(self, host, finished):
         """Log the tasks a worker lists as active that the result backend records as finished.
@@ -674,8 +688,17 @@ class Reconciler:
         """One pass over everything; each object on its own (a failure backs that object off).
 
         ``NotLeader`` (a write refused by the fence) ends the pass at once.
+        The workers are asked once per pass: an autoscaler's measurement and its
+        ElasticWorker's observation share the answer (a drain asks afresh).
         """
         self.forget_gone()
+        self._pass_loads = {}
+        try:
+            return self._reconcile_each(force_autoscalers)
+        finally:
+            self._pass_loads = None
+
+    def _reconcile_each(self, force_autoscalers):
         reports = []
         now = self.monotonic()
         for kind, objects, fn in (
