@@ -31,9 +31,11 @@ def test_a_pass_forgets_the_pods_that_are_gone():
     rec.reconcile_all()
     assert set(rec._concurrency) == set(rec._drains) == {"u-w-a", "u-w-b"}  # still there: kept
 
+    rec._finished_since = {R.worker_name("w-a"): {"t1": 0.0}, R.worker_name("w-b"): {"t2": 0.0}}
     rec.caches["pods"] = C.MemoryCache([pod("w-b")])  # w-a was deleted
     rec.reconcile_all()
     assert set(rec._concurrency) == set(rec._drains) == {"u-w-b"}
+    assert list(rec._finished_since) == [R.worker_name("w-b")]
 
     rec.caches["pods"] = C.MemoryCache([])
     rec.reconcile_all()

@@ -667,8 +667,9 @@ class Reconciler:
     # -------------------------------------------------------------- everything
 
     def forget_gone(self):
-        """Drop what is kept per object (drains and pool sizes per pod, expected
-        pods per ElasticWorker, poll times per autoscaler) once it left the cache."""
+        """Drop what is kept per object (drains, pool sizes and finished tasks still
+        listed per pod, expected pods per ElasticWorker, poll times per
+        autoscaler) once it left the cache."""
         for cache, kept_maps in (("pods", (self._drains, self._concurrency)),
                                  ("elasticworkers", (self._expect_create,)),
                                  ("elasticworkerautoscalers", (self._next_poll,))):
@@ -678,6 +679,10 @@ class Reconciler:
             for kept in kept_maps:
                 for uid in [u for u in kept if u not in live]:
                     del kept[uid]
+        if self._finished_since:  # keyed by Celery worker name: the pods' names
+            live = set(R.worker_name(p["metadata"]["name"]) for p in self.caches["pods"].items())
+            for host in [h for h in self._finished_since if h not in live]:
+                del self._finished_since[host]
         if self.throttle.keys():
             live = set()
             for cache in ("pods", "elasticworkers", "elasticworkerautoscalers"):
