@@ -32,6 +32,8 @@ from local_cluster import SHARED_KUBECONFIG, api_fixture
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 DAGS = HERE / "dags" / "e2e_dags.py"
+# What the DAG files import (loaded with any of them).
+DAG_HELPERS = HERE / "dags" / "e2e_results.py"
 VARS = HERE / "vars" / "postgresql-redis.yml"
 NAMESPACE = "e2e-pods"
 PREFIX = "e2e"
@@ -141,8 +143,8 @@ def _listening(port):
 
 def load_dags(namespace, dag_files=(DAGS,)):
     """A one-off pod of the Airflow image writes each DAG file into the claim
-    (git_sync_mode pvc: "fill it yourself")."""
-    for dag_file in dag_files:
+    (git_sync_mode pvc: "fill it yourself"), the module they import first."""
+    for dag_file in (DAG_HELPERS, *dag_files):
         _load_dag_file(namespace, dag_file)
 
 
@@ -234,8 +236,8 @@ class PortForward(threading.Thread):
 
 
 @contextlib.contextmanager
-def forwarded_airflow(namespace, port):
-    """The api-server's Service on 127.0.0.1:port, and its REST API as admin."""
+def forwarded_airflow(namespace, port, dag_ids=("e2e_sleep_append",)):
+    """The api-server's Service on 127.0.0.1:port, and its REST API as admin, once it knows these DAGs."""
     forward = PortForward(namespace, f"{PREFIX}-api-server", port, 8080)
     forward.start()
     try:
@@ -243,7 +245,8 @@ def forwarded_airflow(namespace, port):
         password = base64.b64decode(kubectl("get", "secret", f"{PREFIX}-airflow-passwords",
                                             "-o", "jsonpath={.data.admin}", namespace=namespace)).decode()
         af = Airflow(f"http://127.0.0.1:{port}", password)
-        wait_for(lambda: af.dag_known("e2e_sleep_append"), 180, "the e2e DAGs parsed from the claim", interval=3)
+        wait_for(lambda: all(af.dag_known(d) for d in dag_ids), 180, "the e2e DAGs parsed from the claim",
+                 interval=3)
         yield af
     finally:
         forward.stop()
@@ -267,6 +270,24 @@ def wait_runs(airflow, dag_id, run_ids, timeout):
         states = [airflow.run(dag_id, r)["state"] for r in run_ids]
         return states if all(s in ("success", "failed") for s in states) else None
     return wait_for(done, timeout, f"{len(run_ids)} runs of {dag_id} to finish", interval=3)
+
+
+def variant_fixtures(suffix, namespace, vars_file, api_port, dag_files=(DAGS,), dag_ids=("e2e_sleep_append",)):
+    """A test module's own deployment: the module-scoped fixtures `deployed_<suffix>`
+    (site.yml with `vars_file` into `namespace`; the CoreV1Api) and `airflow_<suffix>`
+    (its REST API on 127.0.0.1:`api_port`). Assign both to those names in the module."""
+    @pytest.fixture(scope="module", name=f"deployed_{suffix}")
+    def deployed_variant(api):
+        with deployment(api, namespace, vars_file, dag_files=dag_files) as core:
+            yield core
+
+    @pytest.fixture(scope="module", name=f"airflow_{suffix}")
+    def airflow_variant(request):
+        request.getfixturevalue(f"deployed_{suffix}")
+        with forwarded_airflow(namespace, api_port, dag_ids) as af:
+            yield af
+
+    return deployed_variant, airflow_variant
 
 
 @pytest.fixture(scope="session")

@@ -18,17 +18,14 @@ import tempfile
 import time
 import urllib.parse
 
-import pytest
-
 from conftest import (
     HERE,
     REPO,
     RESULTS,
     PortForward,
-    deployment,
-    forwarded_airflow,
     kubectl,
     results,
+    variant_fixtures,
     wait_for,
     wait_runs,
     worker_pods,
@@ -41,16 +38,7 @@ BROKER_PORT = int(os.environ.get("ELASTIC_AIRFLOW_E2E_MY_BROKER_PORT", "15672"))
 DAG = "e2e_sleep_append"
 
 
-@pytest.fixture(scope="module")
-def deployed_my(api):
-    with deployment(api, NAMESPACE, VARS) as core:
-        yield core
-
-
-@pytest.fixture(scope="module")
-def airflow_my(deployed_my):
-    with forwarded_airflow(NAMESPACE, API_PORT) as af:
-        yield af
+deployed_my, airflow_my = variant_fixtures("my", NAMESPACE, VARS, API_PORT)
 
 
 def test_mysql_rabbitmq_variant_boots_and_a_dag_succeeds(deployed_my, airflow_my):

@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-
-from conftest import HERE, RESULTS, deployment, forwarded_airflow, kubectl, results, wait_for, wait_runs
+from conftest import HERE, RESULTS, kubectl, results, variant_fixtures, wait_for, wait_runs
 
 NAMESPACE = "e2e-pods-pgb"
 VARS = HERE / "vars" / "pgbouncer.yml"
@@ -50,16 +48,7 @@ print(json.dumps(out))
 """
 
 
-@pytest.fixture(scope="module")
-def deployed_pgb(api):
-    with deployment(api, NAMESPACE, VARS) as core:
-        yield core
-
-
-@pytest.fixture(scope="module")
-def airflow_pgb(deployed_pgb):
-    with forwarded_airflow(NAMESPACE, API_PORT) as af:
-        yield af
+deployed_pgb, airflow_pgb = variant_fixtures("pgb", NAMESPACE, VARS, API_PORT)
 
 
 def _pods(core, component):

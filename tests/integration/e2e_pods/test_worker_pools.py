@@ -15,20 +15,7 @@ import os
 import threading
 import time
 
-import pytest
-
-from conftest import (
-    DAGS,
-    HERE,
-    RESULTS,
-    deployment,
-    forwarded_airflow,
-    kubectl,
-    results,
-    wait_for,
-    wait_runs,
-    worker_pods,
-)
+from conftest import DAGS, HERE, RESULTS, kubectl, results, variant_fixtures, wait_for, wait_runs, worker_pods
 
 NAMESPACE = "e2e-pods-pools"
 VARS = HERE / "vars" / "worker-pools.yml"
@@ -38,18 +25,8 @@ POOL_LABEL = "elastic-airflow.io/worker-pool"
 SETS = {"main": "e2e-worker", "fast": "e2e-worker-fast", "slow": "e2e-worker-slow"}
 
 
-@pytest.fixture(scope="module")
-def deployed_pools(api):
-    with deployment(api, NAMESPACE, VARS, dag_files=(DAGS, POOL_DAGS)) as core:
-        yield core
-
-
-@pytest.fixture(scope="module")
-def airflow_pools(deployed_pools):
-    with forwarded_airflow(NAMESPACE, API_PORT) as af:
-        wait_for(lambda: af.dag_known("e2e_pool_queues") and af.dag_known("e2e_pool_burst"), 180,
-                 "the pool DAGs parsed from the claim", interval=3)
-        yield af
+deployed_pools, airflow_pools = variant_fixtures("pools", NAMESPACE, VARS, API_PORT, dag_files=(DAGS, POOL_DAGS),
+                                                 dag_ids=("e2e_pool_queues", "e2e_pool_burst"))
 
 
 def pools_of(core):

@@ -3,25 +3,12 @@ name of its Celery worker (the worker container's hostname), so a test can
 tell which worker ran what."""
 import datetime
 import os
-import socket
 import time
 
 from airflow.sdk import dag, get_current_context, task
+from e2e_results import append_line, pod_name
 
 DEFAULTS = {"retries": 0}
-
-
-def _pod():
-    return socket.gethostname()
-
-
-def _append(path, line):
-    # one write() of one short line with O_APPEND: concurrent writers never mix lines
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 @dag(dag_id="e2e_hello", schedule=None, catchup=False, default_args=DEFAULTS, tags=["e2e"])
@@ -31,8 +18,8 @@ def e2e_hello():
         ctx = get_current_context()
         path = ctx["dag_run"].conf.get("path")
         if path:
-            _append(path, "%s %s" % (ctx["run_id"], _pod()))
-        return _pod()
+            append_line(path, "%s %s" % (ctx["run_id"], pod_name()))
+        return pod_name()
 
     hello()
 
@@ -46,8 +33,8 @@ def e2e_sleep_append():
         conf = ctx["dag_run"].conf
         started = time.time()
         time.sleep(float(conf.get("seconds", 30)))
-        _append(conf["path"], "%s %s %d %.3f %.3f" % (ctx["run_id"], _pod(), ctx["ti"].try_number, started,
-                                                      time.time()))
+        append_line(conf["path"], "%s %s %d %.3f %.3f" % (ctx["run_id"], pod_name(), ctx["ti"].try_number,
+                                                          started, time.time()))
 
     sleep_then_append()
 
@@ -60,10 +47,10 @@ def e2e_kill():
         ctx = get_current_context()
         path = ctx["dag_run"].conf["path"]
         try_number = ctx["ti"].try_number
-        _append(path, "start %d %s %d" % (try_number, _pod(), os.getpid()))
+        append_line(path, "start %d %s %d" % (try_number, pod_name(), os.getpid()))
         if try_number == 1:
             time.sleep(600)  # the test kills this worker meanwhile
-        _append(path, "done %d %s" % (try_number, _pod()))
+        append_line(path, "done %d %s" % (try_number, pod_name()))
 
     victim()
 

@@ -2,34 +2,20 @@
 Celery queues of two worker pools, `fast` and `slow`, and to the main
 workers' queue `default` (no queue=). Each task records where it ran, the
 pod name of its Celery worker, like the DAGs of e2e_dags.py."""
-import os
-import socket
 import time
 
 from airflow.sdk import dag, get_current_context, task
+from e2e_results import append_line, pod_name
 
 DEFAULTS = {"retries": 0}
-
-
-def _pod():
-    return socket.gethostname()
-
-
-def _append(path, line):
-    # one write() of one short line with O_APPEND: concurrent writers never mix lines
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 def _record(where):
     ctx = get_current_context()
     path = ctx["dag_run"].conf.get("path")
     if path:
-        _append(path, "%s %s %s" % (ctx["run_id"], where, _pod()))
-    return _pod()
+        append_line(path, "%s %s %s" % (ctx["run_id"], where, pod_name()))
+    return pod_name()
 
 
 @dag(dag_id="e2e_pool_queues", schedule=None, catchup=False, default_args=DEFAULTS, tags=["e2e"])
@@ -59,7 +45,7 @@ def e2e_pool_burst():
         ctx = get_current_context()
         conf = ctx["dag_run"].conf
         time.sleep(float(conf.get("seconds", 30)))
-        _append(conf["path"], "%s %s %d" % (ctx["run_id"], _pod(), ctx["ti"].try_number))
+        append_line(conf["path"], "%s %s %d" % (ctx["run_id"], pod_name(), ctx["ti"].try_number))
 
     sleep_on_fast()
 
