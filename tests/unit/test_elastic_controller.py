@@ -393,3 +393,24 @@ def test_a_pass_asks_the_workers_once_for_an_autoscaler_and_its_elastic_worker()
         assert asked == [["celery@w-a"]] * n
     rec.observe(ew(1))  # outside a pass (elastic_worker_info): asked every time
     assert len(asked) == 3 and rec._pass_loads is None
+
+
+def test_a_failed_ask_is_not_shared_within_a_pass():
+    """A Celery error gives that caller None (as before) and the next caller of the pass asks again."""
+    pods = [owned("w-a")]
+    rec = reconciler(FakeKube(pods), pods, None)
+    answers = [C.CeleryControlError("no reply"), None]
+
+    class FlakyCelery(FakeCelery):
+        def workload(self, hosts):
+            answer = answers.pop(0)
+            if answer is not None:
+                raise answer
+            return super().workload(hosts)
+
+    celery = FlakyCelery()
+    rec._pass_loads = {}  # as during reconcile_all
+    assert rec.worker_states(celery, pods) is None
+    assert rec.worker_states(celery, pods) == {"w-a": {"alive": True, "active": 0, "reserved": 0,
+                                                       "concurrency": None}}
+    assert answers == []

@@ -147,6 +147,11 @@ class FencedControl:
         self._control = control
         self._fence = fence
 
+    @property
+    def inner(self):
+        """The CeleryControl itself (for reads, which need no fence)."""
+        return self._control
+
     def _check(self):
         if not self._fence():
             raise K.NotLeader("not the leader any more: broadcast refused")
@@ -318,7 +323,8 @@ class Reconciler:
 
     def _workload(self, control, hosts):
         """control.workload(hosts), asked once per reconcile_all pass for the same control and hosts."""
-        control = getattr(control, "_control", control)  # the CeleryControl under a FencedControl
+        if isinstance(control, FencedControl):
+            control = control.inner
         if self._pass_loads is None:
             return control.workload(list(hosts))
         # the control is kept in the value: its id cannot be reused while the pass lasts
