@@ -233,7 +233,7 @@ class Reconciler:
         self._next_poll = {}  # ewa uid -> monotonic time of the next measurement
         # During reconcile_all: what the workers answered this pass, so that an
         # autoscaler and its ElasticWorker ask Celery (and the result backend) once.
-        self._pass_loads = None  # {(id(control), hosts): (control, loads)}
+        self._pass_loads = None  # {(CeleryControl, hosts): loads}
         self.throttle = throttle or Throttle()  # per object (pod or ElasticWorker uid) retry delays
 
     def forget_in_flight(self):
@@ -327,11 +327,10 @@ class Reconciler:
             control = control.inner
         if self._pass_loads is None:
             return control.workload(list(hosts))
-        # the control is kept in the value: its id cannot be reused while the pass lasts
-        key = (id(control), frozenset(hosts))
+        key = (control, frozenset(hosts))  # a CeleryControl hashes by identity
         if key not in self._pass_loads:
-            self._pass_loads[key] = (control, control.workload(list(hosts)))
-        return self._pass_loads[key][1]
+            self._pass_loads[key] = control.workload(list(hosts))
+        return self._pass_loads[key]
 
     def _note_finished(self, host, finished):
         """Log the tasks a worker lists as active that the result backend records as finished.
